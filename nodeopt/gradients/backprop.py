@@ -1,0 +1,26 @@
+"""``gradient="backprop"``: autograd straight through every stage of every step."""
+
+from __future__ import annotations
+
+import torch
+
+from ..solvers.problem import Problem
+from ..solvers.solution import Stats
+from .base import GradientMethod, register
+
+
+@register
+class Backprop(GradientMethod):
+    """Differentiate the discrete solve by ordinary autograd.
+
+    Exact for the discrete map (step sizes are constants of the solve), and the
+    fastest backward pass, but it holds every network use of the forward pass
+    in memory: memory grows with (steps × stages × network size).
+    """
+
+    name = "backprop"
+
+    def solve(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats) -> torch.Tensor:
+        result = problem.run()
+        stats.n_steps, stats.n_rejected = result.n_steps, result.n_rejected
+        return torch.stack(result.outputs)

@@ -1,0 +1,220 @@
+"""The integration loop: adaptive or fixed steps, recording what it accepted.
+
+The loop works on one flat tensor in increasing loop time (see ``state.py``),
+keeps time in Python floats (float64), and hands back the values at the
+requested times. When asked it records every accepted step ``(t_n, h_n, y_n)``:
+that trajectory is what the exact gradient methods replay.
+
+Output times are reached in one of two ways. Methods with a dense output of
+their own order (dopri5, bosh3) interpolate inside a step; every other method,
+and every solve with ``land=True``, shortens the step that would cross an
+output time so that it ends on it exactly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .control import Controller, ErrorNorm, initial_step
+from .step import lincomb, rk_error, rk_step
+from .tableau import Tableau
+
+
+@dataclass
+class Trajectory:
+    """The accepted steps of a solve: step ``n`` went from ``(ts[n], ys[n])`` with size ``hs[n]``.
+
+    ``outputs[i]`` is the number of steps taken when output time ``i`` was
+    reached (the solve lands on every output time when a trajectory is
+    recorded, so output ``i`` is the state after step ``outputs[i] - 1``).
+    """
+
+    ts: list[float] = field(default_factory=list)
+    hs: list[float] = field(default_factory=list)
+    ys: list[torch.Tensor] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.hs)
+
+
+@dataclass
+class LoopResult:
+    outputs: list[torch.Tensor]
+    trajectory: Optional[Trajectory]
+    n_steps: int
+    n_rejected: int
+
+
+def _min_step(t: float, target: float) -> float:
+    """Below this the step no longer changes ``t`` meaningfully: the solve is stuck."""
+    return 8.0 * math.ulp(max(abs(t), abs(target), 1e-300))
+
+
+def _nonfinite_error(where: str) -> RuntimeError:
+    return RuntimeError(f"the dynamics func returned NaN or inf {where}; check func for overflow or "
+                        f"division by zero, or lower the tolerances or step size if the state blows up")
+
+
+def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float], *,
+                       error_norm: ErrorNorm, controller: Controller, first_step: Optional[float],
+                       max_num_steps: int, step_t: Sequence[float] = (), jump_t: Sequence[float] = (),
+                       land: bool = False, record: bool = False, reverse: bool = False) -> LoopResult:
+    """Adaptive integration of ``y' = f(t, y)`` from ``times[0]`` through increasing ``times``.
+
+    Args:
+        f: loop-time vector field on the flat state.
+        tableau: an embedded pair (``tableau.adaptive``).
+        y0: flat initial state.
+        times: increasing output times, ``times[0]`` the start.
+        error_norm: the accept/reject norm.
+        controller: proposes the next step size.
+        first_step: the first step size, or None for Hairer's estimate.
+        max_num_steps: the most steps (accepted and rejected) allowed.
+        step_t: times the solver must step to exactly.
+        jump_t: discontinuities of ``f``: stepped to exactly, and ``f`` is
+            evaluated afresh after them (no first-same-as-last reuse).
+        land: end a step on every output time instead of interpolating.
+        record: keep the trajectory of accepted steps.
+        reverse: the caller reversed time (only for the wording of errors).
+
+    Raises:
+        RuntimeError: step size underflow, too many steps, non-finite dynamics.
+    """
+    if len(times) == 1:
+        return LoopResult([y0], Trajectory() if record else None, 0, 0)
+    t0, t_end = times[0], times[-1]
+    land = land or record or not tableau.has_dense_output
+    inside = [s for s in set(step_t) | set(jump_t) if t0 < s < t_end]
+    stops = sorted(set(inside) | ({*times[1:]} if land else {t_end}))
+    jumps = set(jump_t)
+    k = tableau.control_order
+    sign = -1.0 if reverse else 1.0
+
+    outputs = [y0]
+    n_out = 1
+    traj = Trajectory() if record else None
+    t, y = t0, y0
+    k1 = f(t, y)
+    if not bool(torch.isfinite(k1).all()):
+        raise _nonfinite_error(f"at the initial state (t={sign * t0:g})")
+    if first_step is None:
+        scale = error_norm.initial_scale(y0)
+        h = initial_step(f, t, y, k1, tableau.order, lambda x: error_norm.reduce(x / scale), t_end - t0)
+    else:
+        h = min(first_step, t_end - t0)
+    memory = controller.initial_memory()
+    after_reject = False
+    n_steps = n_rejected = 0
+    stop_idx = 0
+
+    while n_out < len(times):
+        target = stops[stop_idx]
+        hits = t + h >= target
+        h_try, t1 = (target - t, target) if hits else (h, t + h)
+        if h_try < _min_step(t, target):
+            raise RuntimeError(f"step size underflow at t={sign * t:.17g} (step {h_try:.3g}): the solver cannot "
+                               f"meet rtol/atol here; the dynamics may be stiff or blow up. Loosen rtol/atol, "
+                               f"or use a fixed-step method")
+        if n_steps + n_rejected >= max_num_steps:
+            raise RuntimeError(f"max_num_steps={max_num_steps} exceeded at t={sign * t:.6g} of "
+                               f"[{sign * t0:g}, {sign * t_end:g}]; raise options['max_num_steps'] or loosen "
+                               f"rtol/atol")
+        y1, ks = rk_step(f, tableau, t, h_try, t1, y, k1)
+        ratio = error_norm(y, y1, rk_error(tableau, h_try, ks))
+        if not math.isfinite(ratio):
+            if not bool(torch.isfinite(k1).all()):
+                raise _nonfinite_error(f"at t={sign * t:.6g}")
+            n_rejected += 1
+            h = h_try * controller.dfactor
+            after_reject = True
+            continue
+        accepted = ratio <= 1.0
+        factor, memory = controller.factor(ratio, memory, k, accepted, after_reject)
+        if not accepted:
+            n_rejected += 1
+            h = h_try * factor
+            after_reject = True
+            continue
+
+        n_steps += 1
+        if traj is not None:
+            traj.ts.append(t)
+            traj.hs.append(h_try)
+            traj.ys.append(y)
+        while n_out < len(times) and times[n_out] < t1:
+            theta = (times[n_out] - t) / h_try
+            outputs.append(lincomb(y, h_try, tableau.dense_weights(theta), ks))
+            n_out += 1
+        if n_out < len(times) and times[n_out] == t1:
+            outputs.append(y1)
+            if traj is not None:
+                traj.outputs.append(n_steps)
+            n_out += 1
+        if hits:
+            stop_idx += 1
+        fresh = hits and target in jumps
+        k1 = ks[-1] if tableau.fsal and not fresh else None
+        t, y = t1, y1
+        if k1 is None and n_out < len(times):
+            k1 = f(t, y)
+        # A step cut short to land on a time tells little about the scale the
+        # error allows: do not let it shrink the step the controller had planned.
+        h = max(h_try * factor, h) if hits else h_try * factor
+        after_reject = False
+    return LoopResult(outputs, traj, n_steps, n_rejected)
+
+
+def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float],
+                    grid: Sequence[float], *, record: bool = False, reverse: bool = False) -> LoopResult:
+    """Fixed-step integration on ``grid`` (which contains every output time).
+
+    Raises:
+        RuntimeError: if the state becomes NaN or inf (checked at output times).
+    """
+    outputs = [y0]
+    traj = Trajectory() if record else None
+    n_out = 1
+    y = y0
+    sign = -1.0 if reverse else 1.0
+    for n in range(len(grid) - 1):
+        t, t1 = grid[n], grid[n + 1]
+        h = t1 - t
+        y1, _ = rk_step(f, tableau, t, h, t1, y, f(t, y))
+        if traj is not None:
+            traj.ts.append(t)
+            traj.hs.append(h)
+            traj.ys.append(y)
+        y = y1
+        if t1 == times[n_out]:
+            if not bool(torch.isfinite(y).all()):
+                raise _nonfinite_error(f"between t={sign * times[n_out - 1]:g} and t={sign * t1:g} "
+                                       f"(the state became non-finite)")
+            outputs.append(y)
+            if traj is not None:
+                traj.outputs.append(n + 1)
+            n_out += 1
+    return LoopResult(outputs, traj, len(grid) - 1, 0)
+
+
+def merge_grid(grid: Sequence[float], times: Sequence[float]) -> list[float]:
+    """The union of a step grid and the output times, clipped to ``[times[0], times[-1]]``.
+
+    Grid points closer than a relative 1e-10 of the span to an output time are
+    replaced by it, so no sliver step is taken.
+    """
+    t0, t_end = times[0], times[-1]
+    tol = 1e-10 * (t_end - t0)
+    merged = list(times)
+    for g in grid:
+        if t0 < g < t_end:
+            i = bisect.bisect_left(times, g)
+            near = min(abs(g - times[j]) for j in (i - 1, i) if 0 <= j < len(times))
+            if near > tol:
+                merged.append(g)
+    return sorted(merged)

@@ -1,0 +1,50 @@
+"""What a solve returns: the values, the times, and what it cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+
+from .loop import Trajectory
+
+
+@dataclass
+class Stats:
+    """Counts of one solve, forward and backward.
+
+    Attributes:
+        nfe: function evaluations of the forward solve (including the
+            starting-step estimate).
+        n_steps: accepted steps.
+        n_rejected: rejected steps.
+        nfe_backward: function evaluations the backward pass made without a
+            graph (re-solves, recomputed stages); filled in when it runs.
+        nvjp_backward: vector–Jacobian products through ``func`` in the
+            backward pass; filled in when it runs.
+    """
+
+    nfe: int = 0
+    n_steps: int = 0
+    n_rejected: int = 0
+    nfe_backward: int = 0
+    nvjp_backward: int = 0
+
+
+@dataclass
+class Solution:
+    """The result of :func:`nodeopt.solve`.
+
+    Attributes:
+        values: the state at each time, shaped ``(len(t), *y0.shape)`` (a tuple
+            of such for a tuple state), exactly what ``odeint`` returns.
+        times: the output times ``t``.
+        stats: function evaluations and steps, forward and backward.
+        trajectory: the accepted steps, when the gradient method recorded them.
+    """
+
+    values: Union[torch.Tensor, tuple[torch.Tensor, ...]]
+    times: torch.Tensor
+    stats: Stats = field(default_factory=Stats)
+    trajectory: Optional[Trajectory] = None
