@@ -16,11 +16,18 @@ class Backprop(GradientMethod):
     Exact for the discrete map (step sizes are constants of the solve), and the
     fastest backward pass, but it holds every network use of the forward pass
     in memory: memory grows with (steps × stages × network size).
+
+    Args:
+        land: end a step on every output time instead of using dense output, so
+            that the steps are those the replaying methods take.
     """
 
     name = "backprop"
 
+    def __init__(self, land: bool = False):
+        self.land = land
+
     def solve(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats) -> torch.Tensor:
-        result = problem.run()
+        result = problem.run(land=self.land)
         stats.n_steps, stats.n_rejected = result.n_steps, result.n_rejected
         return torch.stack(result.outputs)

@@ -38,6 +38,9 @@ class Problem:
     dynamics: Dynamics
     error_norm: Optional[ErrorNorm]
     options: dict
+    rtol: object = 1e-7
+    atol: object = 1e-9
+    raw_options: Optional[dict] = None
 
     @property
     def sign(self) -> float:
@@ -198,6 +201,7 @@ def make_problem(func: Callable, y0, t, rtol, atol, method: Union[str, RungeKutt
     spec = _check_y0(y0)
     t, times, reverse = _check_t(t)
     method = get_method(method)
+    raw_rtol, raw_atol = rtol, atol
     rtol = _check_tol("rtol", rtol, spec)
     atol = _check_tol("atol", atol, spec)
     opts = _check_options(options, method, spec, func, y0, t, times, reverse)
@@ -205,7 +209,8 @@ def make_problem(func: Callable, y0, t, rtol, atol, method: Union[str, RungeKutt
         raise ValueError("rtol and atol are both zero: no step can meet that; set atol (e.g. 1e-9) or rtol")
     dynamics = Dynamics(func, spec, reverse, opts["dtype"])
     norm = ErrorNorm(spec, rtol, atol, opts.get("norm")) if method.adaptive else None
-    return Problem(func, spec.flatten(y0), t, times, spec, reverse, method, dynamics, norm, opts)
+    return Problem(func, spec.flatten(y0), t, times, spec, reverse, method, dynamics, norm, opts,
+                   rtol=raw_rtol, atol=raw_atol, raw_options=dict(options or {}))
 
 
 def _all_zero(tol) -> bool:

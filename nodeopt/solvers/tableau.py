@@ -35,6 +35,34 @@ def _nonzero(weights) -> Pairs:
 
 
 @dataclass(frozen=True)
+class SymplecticPartner:
+    """Coefficients of the adjoint scheme paired with a tableau (see ``Tableau.symplectic_partner``).
+
+    Attributes:
+        A: ``s × s`` matrix (full; for explicit methods ``A_ij = B_j`` whenever ``j <= i``
+            on rows with ``b_i != 0``, so the backward sweep is explicit in reverse).
+        B: weights; ``b_i`` where non-zero, one on zero-weight stages.
+        zero_weight: which stages have ``b_i = 0``.
+    """
+
+    A: tuple[Row, ...]
+    B: Row
+    zero_weight: tuple[bool, ...]
+
+    def sweep_pairs(self, i: int) -> Pairs:
+        """Non-zero ``(j, C_ij)`` for ``j > i`` with ``Λ_i = [b_i != 0] λ_{n+1} + h Σ_j C_ij ℓ_j``.
+
+        Written from ``λ_{n+1}`` rather than ``λ_n`` (substituting
+        ``λ_n = λ_{n+1} - h Σ_j B_j ℓ_j``): ``C_ij = A_ij - B_j`` on weighted rows,
+        ``A_ij`` on zero-weight rows. Entries with ``j <= i`` vanish for explicit methods.
+        """
+        row = self.A[i]
+        shift = 0.0 if self.zero_weight[i] else 1.0
+        return tuple((j, row[j] - shift * self.B[j]) for j in range(i + 1, len(row))
+                     if row[j] - shift * self.B[j] != 0.0)
+
+
+@dataclass(frozen=True)
 class Tableau:
     """The coefficients of an explicit Runge–Kutta method.
 
@@ -160,6 +188,57 @@ class Tableau:
         else:
             rows = [r[:3] for r in rows]
         return np.linalg.solve(np.array(rows), np.stack(rhs))
+
+    @functools.cached_property
+    def needed_stages(self) -> int:
+        """How many leading stages ``y_{n+1}`` depends on.
+
+        Trailing stages with ``b_i = 0`` that no needed stage uses (dopri5's
+        first-same-as-last stage, which only feeds the error estimate) are not
+        part of the step's map, so replaying a step skips them.
+        """
+        needed = [b != 0.0 for b in self.b]
+        for i in reversed(range(self.stages)):
+            if needed[i]:
+                for j, _ in self.a_pairs[i]:
+                    needed[j] = True
+        return max(i for i, n in enumerate(needed) if n) + 1
+
+    @functools.cached_property
+    def truncated(self) -> "Tableau":
+        """This tableau without the stages ``y_{n+1}`` does not depend on (for replaying steps)."""
+        m = self.needed_stages
+        if m == self.stages:
+            return self
+        return Tableau(name=self.name, c=self.c[:m], a=self.a[:m], b=self.b[:m], order=self.order)
+
+    @functools.cached_property
+    def symplectic_partner(self) -> "SymplecticPartner":
+        """The adjoint scheme that makes (this method, partner) a symplectic pair.
+
+        Sanz-Serna (2016); Matsubara, Miyatake & Yaguchi (2021). Backward over one
+        step, with ``λ_{n+1}`` given and ``J_i = ∂f/∂y`` at the stage states:
+
+            Λ_i = λ_n + h Σ_j A_ij ℓ_j,    ℓ_i = -J_iᵀ Λ_i,    λ_n = λ_{n+1} - h Σ_i B_i ℓ_i
+
+        with ``B_i = b_i`` and ``b_i A_ij + B_j a_ji - b_i B_j = 0``, i.e.
+        ``A_ij = B_j (1 - a_ji / b_i)``. Then ``λ_nᵀ δ_n`` is conserved exactly and
+        ``λ_n`` is the exact gradient of the discrete step. A stage with
+        ``b_i = 0`` would divide by zero; following the paper it gets weight
+        ``B_i = 1`` and a row ``A_ij = -B_j a_ji`` that carries no ``λ_n`` term
+        (its adjoint stage is ``Λ_i = h Σ_j A_ij ℓ_j``), which is what
+        differentiating the step gives for such a stage.
+        """
+        s = self.stages
+        zero = tuple(b == 0.0 for b in self.b)
+        B = tuple(1.0 if z else b for z, b in zip(zero, self.b))
+        A = tuple(tuple((-B[j] * self._a(j, i)) if zero[i] else B[j] * (1.0 - self._a(j, i) / self.b[i])
+                        for j in range(s)) for i in range(s))
+        return SymplecticPartner(A=A, B=B, zero_weight=zero)
+
+    def _a(self, i: int, j: int) -> float:
+        """``a_ij`` of the full (square) stage matrix."""
+        return self.a[i][j] if j < i else 0.0
 
     def dense_weights(self, theta: float) -> Pairs:
         """Weights ``w`` with ``y(t + θh) ≈ y + h Σ w_i k_i``, for ``0 ≤ θ ≤ 1``."""

@@ -1,0 +1,32 @@
+"""``gradient="checkpoint"`` (ACA, Zhuang et al. 2020): per step, re-run it with autograd and backprop it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..solvers.step import rk_step
+from .base import register
+from .replay import BackwardContext, StepReplay
+
+
+@register
+class Checkpoint(StepReplay):
+    """Adaptive checkpoint adjoint: exact, holding the step states and one step's graph.
+
+    Backward over step ``n``: rebuild the step from ``y_n`` with autograd (all of
+    its stages and network uses), then one ``autograd.grad`` pulls ``λ_{n+1}``
+    back to ``λ_n`` and the parameters.
+    """
+
+    name = "checkpoint"
+
+    def step_backward(self, ctx: BackwardContext, t: float, h: float, t1: float, y: torch.Tensor,
+                      lam: torch.Tensor) -> torch.Tensor:
+        tab = ctx.tableau
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            y1, _ = rk_step(ctx.f, tab.truncated, t, h, t1, y, ctx.f(t, y))
+            grads = torch.autograd.grad(y1, (y,) + ctx.params, lam, allow_unused=True)
+        ctx.stats.nvjp_backward += tab.needed_stages
+        ctx.accumulate(grads[1:])
+        return grads[0]

@@ -1,0 +1,113 @@
+"""Shared machinery of the gradient methods that replay the recorded forward steps.
+
+The forward solve runs without a graph, lands on every output time, and records
+each accepted step ``(t_n, h_n, y_n)``. The backward pass walks the steps in
+reverse, carrying the cotangent ``λ`` of the state, adding the output
+cotangents where outputs were taken, and asks the method how to pull ``λ``
+back through one step. Step sizes are the recorded constants, so the result is
+the exact gradient of the discrete map the forward pass computed.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Optional
+
+import torch
+
+from ..solvers.loop import Trajectory
+from ..solvers.problem import Problem
+from ..solvers.solution import Stats
+from .base import GradientMethod
+
+
+class BackwardContext:
+    """What a step's backward needs: the vector field, tableau, parameters and counters."""
+
+    def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats):
+        self.f = problem.dynamics
+        self.t_end = problem.times[-1]
+        self.tableau = problem.method.tableau
+        self.params = params
+        self.stats = stats
+        self.param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
+
+    def vjp(self, t: float, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(∂f/∂y)ᵀ v`` at ``(t, y)``, accumulating ``(∂f/∂θ)ᵀ v`` into the parameter gradients.
+
+        One network use is alive only for the duration of this call.
+        """
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            out = self.f(t, y)
+            grads = torch.autograd.grad(out, (y,) + self.params, v, allow_unused=True)
+        self.stats.nvjp_backward += 1
+        self.accumulate(grads[1:])
+        return grads[0] if grads[0] is not None else torch.zeros_like(y)
+
+    def accumulate(self, grads) -> None:
+        for i, g in enumerate(grads):
+            if g is not None:
+                self.param_grads[i] = g if self.param_grads[i] is None else self.param_grads[i] + g
+
+
+class Replay(GradientMethod):
+    """A gradient method whose forward solve records its steps and whose backward replays them."""
+
+    def solve(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats) -> torch.Tensor:
+        return _Replay.apply(self, problem, params, stats, problem.y0, *params)
+
+    @abstractmethod
+    def backward(self, ctx: BackwardContext, traj: Trajectory, grad_outputs: torch.Tensor) -> torch.Tensor:
+        """Return ``dL/dy0`` given the output cotangents; add the parameter gradients to ``ctx``."""
+
+
+class StepReplay(Replay):
+    """A replaying method that pulls the cotangent back one recorded step at a time."""
+
+    def backward(self, ctx: BackwardContext, traj: Trajectory, grad_outputs: torch.Tensor) -> torch.Tensor:
+        """Walk the steps in reverse; returns ``dL/dy0`` and fills ``ctx.param_grads``.
+
+        ``traj.outputs[k]`` is the step count at which output ``k + 1`` was taken.
+        """
+        lam = grad_outputs[0]
+        if len(traj) == 0:
+            return lam
+        lam = grad_outputs[-1]
+        pending = len(traj.outputs) - 2  # next output (index into traj.outputs) to inject
+        for n in reversed(range(len(traj))):
+            if pending >= 0 and traj.outputs[pending] == n + 1:
+                lam = lam + grad_outputs[pending + 1]
+                pending -= 1
+            t, h = traj.ts[n], traj.hs[n]
+            t1 = traj.ts[n + 1] if n + 1 < len(traj) else ctx.t_end
+            lam = self.step_backward(ctx, t, h, t1, traj.ys[n], lam)
+        return lam + grad_outputs[0]
+
+    @abstractmethod
+    def step_backward(self, ctx: BackwardContext, t: float, h: float, t1: float, y: torch.Tensor,
+                      lam: torch.Tensor) -> torch.Tensor:
+        """Given ``λ_{n+1} = dL/dy_{n+1}``, return ``λ_n`` and add the parameter gradients of the step."""
+
+
+class _Replay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, method, problem, params, stats, y0, *param_values):
+        result = problem.run(y0.detach(), record=True)
+        stats.n_steps, stats.n_rejected = result.n_steps, result.n_rejected
+        ctx.method, ctx.problem, ctx.params, ctx.stats = method, problem, params, stats
+        ctx.trajectory = result.trajectory
+        return torch.stack(result.outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ys):
+        problem, stats = ctx.problem, ctx.stats
+        nfe_before = problem.dynamics.nfe
+        nvjp_before = stats.nvjp_backward
+        bctx = BackwardContext(problem, ctx.params, stats)
+        with torch.no_grad():
+            grad_y0 = ctx.method.backward(bctx, ctx.trajectory, grad_ys)
+        stats.nfe_backward += problem.dynamics.nfe - nfe_before - (stats.nvjp_backward - nvjp_before)
+        param_grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(bctx.param_grads, ctx.params)]
+        return (None, None, None, None, grad_y0, *param_grads)
