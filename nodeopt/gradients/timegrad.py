@@ -30,7 +30,7 @@ class _OutputTimes(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ys):
         (fs,) = ctx.saved_tensors
-        grad_t = (grad_ys * fs).sum(dim=1).to(dtype=ctx.t_dtype, device=ctx.t_device)
+        grad_t = (grad_ys * fs).reshape(len(fs), -1).sum(dim=1).to(dtype=ctx.t_dtype, device=ctx.t_device)
         grad_t[0] = 0
         return grad_ys, grad_t, None
 

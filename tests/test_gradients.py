@@ -1,0 +1,239 @@
+"""The five gradient methods: exactness against backprop, gradcheck, time gradients, statistics."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nodeopt
+from nodeopt.solvers import METHODS
+
+EXACT = ("onecheckpoint", "checkpoint", "symplectic")
+ALL = ("backprop", "adjoint") + EXACT
+
+
+class Field(nn.Module):
+    """A small time-dependent MLP vector field."""
+
+    def __init__(self, dim=2, width=16, seed=0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.l1 = nn.Linear(dim + 1, width).double()
+        self.l2 = nn.Linear(width, dim).double()
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+
+    def forward(self, t, y):
+        return self.l2(torch.tanh(self.l1(torch.cat([y, t.expand(y.shape[0], 1)], dim=1))))
+
+
+def _options(method):
+    return None if METHODS[method].tableau.adaptive else {"step_size": 0.1}
+
+
+def _flat_grads(field, y0, t, method, gradient, rtol=1e-6, atol=1e-8, loss_fn=None):
+    sol = nodeopt.solve(field, y0, t, rtol=rtol, atol=atol, method=method, options=_options(method),
+                        gradient=gradient)
+    ys = sol.values
+    loss = (ys[1:] ** 2).sum() + ys[-1].sin().sum() if loss_fn is None else loss_fn(ys)
+    grads = torch.autograd.grad(loss, [y0] + list(field.parameters()))
+    return ys.detach(), torch.cat([g.reshape(-1) for g in grads]), sol.stats
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "backward-time"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_exact_methods_equal_backprop_to_rounding_error(method, reverse):
+    field = Field()
+    y0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    t = t.flip(0) if reverse else t
+    ys_ref, g_ref, _ = _flat_grads(field, y0, t, method, nodeopt.Backprop(land=True))
+    for gradient in EXACT:
+        ys, g, _ = _flat_grads(field, y0, t, method, gradient)
+        assert torch.equal(ys, ys_ref), gradient
+        assert _rel(g, g_ref) < 1e-10, (gradient, _rel(g, g_ref))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_continuous_adjoint_approaches_backprop_as_tolerances_tighten(method):
+    field = Field()
+    y0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    errors = []
+    for tol in (1e-4, 1e-8):
+        opts = {"step_size": 0.1 * tol ** 0.25} if method == "rk4" else None
+        sol = nodeopt.solve(field, y0, t, rtol=tol, atol=tol, method=method, options=opts,
+                            gradient=nodeopt.Backprop(land=True))
+        (ref,) = torch.autograd.grad(sol.values.square().sum(), y0)
+        sol = nodeopt.solve(field, y0, t, rtol=tol, atol=tol, method=method, options=opts,
+                            gradient=nodeopt.Adjoint(rtol=tol, atol=tol))
+        (adj,) = torch.autograd.grad(sol.values.square().sum(), y0)
+        errors.append(_rel(adj, ref))
+    assert errors[1] < 1e-5
+    assert errors[1] < errors[0] / 10
+
+
+def test_gradients_of_linear_system_match_matrix_exponential_for_every_method():
+    a = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
+
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(a.clone())
+
+        def forward(self, t, y):
+            return y @ self.a.T
+
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.5], dtype=torch.float64)
+    g = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    expected = g @ torch.linalg.matrix_exp(a * 1.5)  # dL/dy0 for L = <g, y(1.5)>
+    for gradient in ALL:
+        ys = nodeopt.odeint(Linear(), y0, t, rtol=1e-10, atol=1e-12, gradient=gradient)
+        (grad,) = torch.autograd.grad((ys[-1] * g).sum(), y0)
+        assert torch.allclose(grad, expected, rtol=1e-7, atol=1e-9), gradient
+
+
+@pytest.mark.parametrize("gradient", ("backprop",) + EXACT)
+@pytest.mark.parametrize("method", ["midpoint", "rk4", "dopri5"])
+def test_gradcheck_through_the_solve(method, gradient):
+    # gradcheck's perturbations would move an adaptive solver's step sizes, so each
+    # tableau runs on a fixed grid (midpoint has a zero weight, dopri5 an unused last stage).
+    tab = METHODS[method].tableau
+    fixed = nodeopt.RungeKutta(nodeopt.Tableau(name=tab.name, c=tab.c, a=tab.a, b=tab.b, order=tab.order))
+    field = Field(width=4)
+    t = torch.tensor([0.0, 0.3, 0.6], dtype=torch.float64)
+    opts = {"step_size": 0.1}
+    y0 = torch.randn(2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda y: nodeopt.odeint(field, y, t, method=fixed, options=opts, gradient=gradient), (y0,), eps=1e-6,
+        atol=1e-7)
+
+    def through_params(w):
+        return nodeopt.odeint(lambda t_, y: torch.tanh(y @ w), y0.detach(), t, method=fixed, options=opts,
+                              gradient=gradient, adjoint_params=(w,))
+
+    w = torch.randn(2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    assert torch.autograd.gradcheck(through_params, (w,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("gradient", ALL)
+def test_time_gradient_matches_central_finite_differences(gradient):
+    field = Field()
+    y0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def loss(t):
+        ys = nodeopt.odeint(field, y0, t, rtol=1e-11, atol=1e-12, gradient=gradient)
+        return (ys[1:] ** 2).sum()
+
+    t = torch.tensor([0.1, 0.7, 1.3], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(t), t)
+    eps = 1e-5
+    for i in range(3):
+        tp, tm = t.detach().clone(), t.detach().clone()
+        tp[i] += eps
+        tm[i] -= eps
+        with torch.no_grad():
+            fd = (loss(tp) - loss(tm)) / (2 * eps)
+        assert math.isclose(grad[i].item(), fd.item(), rel_tol=1e-5, abs_tol=1e-8), (i, grad[i].item(), fd.item())
+
+
+@pytest.mark.parametrize("gradient", EXACT + ("adjoint",))
+def test_tuple_state_gradients_match_backprop(gradient):
+    class CNFLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.field = Field()
+
+        def forward(self, t, state):
+            z, logp = state
+            dz = self.field(t, z)
+            return dz, -(dz * z).sum(dim=1, keepdim=True)
+
+    func = CNFLike()
+    z0 = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    logp0 = torch.zeros(5, 1, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+    def grads(g):
+        z, logp = nodeopt.odeint(func, (z0, logp0), t, rtol=1e-8, atol=1e-10, gradient=g)
+        loss = (z[-1] ** 2).sum() + logp[-1].sum()
+        return torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, [z0] + list(func.parameters()))])
+
+    ref = grads("backprop")
+    tol = 1e-6 if gradient == "adjoint" else 1e-10
+    assert _rel(grads(gradient), ref) < tol
+
+
+def test_seminorm_needs_fewer_backward_steps_for_the_same_gradient():
+    field = Field(width=32)
+    y0 = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7), requires_grad=True)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    out = {}
+    for norm in (None, "seminorm"):
+        opts = {"norm": norm} if norm else {}
+        sol = nodeopt.solve(field, y0, t, rtol=1e-6, atol=1e-6, gradient=nodeopt.Adjoint(options=opts))
+        (g,) = torch.autograd.grad(sol.values[-1].square().sum(), y0)
+        out[norm] = (g, sol.stats.nvjp_backward)
+    assert out["seminorm"][1] < out[None][1]
+    assert _rel(out["seminorm"][0], out[None][0]) < 1e-4
+
+
+@pytest.mark.parametrize("gradient", EXACT + ("adjoint",))
+def test_backward_statistics_count_the_evaluations_the_backward_pass_made(gradient):
+    calls = {"graph": 0, "nograd": 0}
+
+    class Counting(Field):
+        def forward(self, t, y):
+            calls["graph" if torch.is_grad_enabled() else "nograd"] += 1
+            return super().forward(t, y)
+
+    field = Counting()
+    y0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    sol = nodeopt.solve(field, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), gradient=gradient)
+    forward_calls = dict(calls)
+    assert sol.stats.nfe == forward_calls["graph"] + forward_calls["nograd"]
+    sol.values[-1].sum().backward()
+    assert sol.stats.nvjp_backward == calls["graph"] - forward_calls["graph"] > 0
+    assert sol.stats.nfe_backward == calls["nograd"] - forward_calls["nograd"]
+
+
+def test_adjoint_params_limit_which_parameters_get_gradients():
+    field = Field()
+    y0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for gradient in EXACT + ("adjoint",):
+        field.zero_grad(set_to_none=True)
+        ys = nodeopt.odeint(field, y0, t, gradient=gradient, adjoint_params=(field.l2.weight,))
+        ys[-1].sum().backward()
+        assert field.l2.weight.grad is not None and field.l2.weight.grad.abs().sum() > 0
+        assert field.l1.weight.grad is None
+
+
+def test_aliases_select_their_gradient_method_and_take_torchdiffeq_arguments():
+    field = Field()
+    y0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(10), requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ys = nodeopt.odeint(field, y0, t, gradient=nodeopt.Backprop(land=True))
+    (ref,) = torch.autograd.grad(ys[-1].sum(), y0)
+    for alias in (nodeopt.odeint_onecheckpoint, nodeopt.odeint_checkpoint, nodeopt.odeint_symplectic_adjoint):
+        (g,) = torch.autograd.grad(alias(field, y0, t, adjoint_params=tuple(field.parameters()))[-1].sum(), y0)
+        assert _rel(g, ref) < 1e-10
+    ys = nodeopt.odeint_adjoint(field, y0, t, adjoint_rtol=1e-10, adjoint_atol=1e-10,
+                                adjoint_options={"norm": "seminorm"})
+    (g,) = torch.autograd.grad(ys[-1].sum(), y0)
+    assert _rel(g, ref) < 1e-5
+    with pytest.warns(UserWarning, match="adjoint_rtol"):
+        nodeopt.odeint_symplectic_adjoint(field, y0, t, adjoint_rtol=1e-3)
+
+
+def test_unknown_gradient_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="gradient='symplectik'.*symplectic"):
+        nodeopt.odeint(Field(), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
+                       gradient="symplectik")
