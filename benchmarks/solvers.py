@@ -71,6 +71,7 @@ LINEAR_A = ((-0.1, 2.0), (-2.0, -0.1))
 LINEAR_T_END = 10.0
 LINEAR_BATCH = 16
 MAX_STEPS = 100_000
+SKIP_STEPS = 50_000     # skip a setting predicted to need more steps than this (the order of 1e5)
 
 MLP_WIDTH = 64
 MLP_BATCH = 1024
@@ -120,17 +121,24 @@ def median(xs) -> float:
 
 
 class Counted:
-    """``func`` that counts its evaluations, and torchdiffeq's accepted/rejected step callbacks."""
+    """``func`` that counts its evaluations."""
 
     def __init__(self, func: Callable):
         self.func = func
         self.nfe = 0
-        self.accepted = 0
-        self.rejected = 0
 
     def __call__(self, t, y):
         self.nfe += 1
         return self.func(t, y)
+
+
+class CountedSteps(Counted):
+    """Also counts torchdiffeq's accepted and rejected steps (its adaptive solvers' callbacks)."""
+
+    def __init__(self, func: Callable):
+        super().__init__(func)
+        self.accepted = 0
+        self.rejected = 0
 
     def callback_accept_step(self, t0, y0, dt):
         self.accepted += 1
@@ -139,18 +147,32 @@ class Counted:
         self.rejected += 1
 
 
-def _torchdiffeq_counts(func, y0, t, **kwargs) -> tuple[torch.Tensor, dict]:
-    counted = Counted(func)
-    ys = torchdiffeq.odeint(counted, y0, t, **kwargs)
-    if kwargs.get("method") in FIXED_TD_METHODS:
-        # Fixed-grid solvers take no step-acceptance callbacks: the grid is the step count.
-        steps = _fixed_grid_steps(t, kwargs["options"]["step_size"])
-    else:
-        steps = counted.accepted
-    return ys, {"nfe": counted.nfe, "n_steps": steps, "n_rejected": counted.rejected}
+class TimedCalls:
+    """``func`` that adds up the wall time spent inside it (to split a solve into function and loop)."""
+
+    def __init__(self, func: Callable):
+        self.func = func
+        self.inside = 0.0
+
+    def __call__(self, t, y):
+        start = time.perf_counter()
+        out = self.func(t, y)
+        self.inside += time.perf_counter() - start
+        return out
 
 
 FIXED_TD_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
+
+
+def _torchdiffeq_counts(func, y0, t, **kwargs) -> tuple[torch.Tensor, dict]:
+    fixed = kwargs.get("method") in FIXED_TD_METHODS
+    counted = Counted(func) if fixed else CountedSteps(func)
+    ys = torchdiffeq.odeint(counted, y0, t, **kwargs)
+    if fixed:
+        # Fixed-grid solvers take no step callbacks: the grid gives the step count.
+        return ys, {"nfe": counted.nfe, "n_steps": _fixed_grid_steps(t, kwargs["options"]["step_size"]),
+                    "n_rejected": 0}
+    return ys, {"nfe": counted.nfe, "n_steps": counted.accepted, "n_rejected": counted.rejected}
 
 
 def _fixed_grid_steps(t: torch.Tensor, h: float) -> int:
@@ -207,8 +229,8 @@ def bench_methods(quick: bool) -> list[dict]:
             if prev is not None:
                 order = nodeopt.solvers.get_method(method).tableau.error_order
                 guess = _predicted_steps(prev[1], prev[0], value, order)
-                if guess > MAX_STEPS:
-                    row["skipped"] = f"about {guess:.2g} steps expected (> {MAX_STEPS:.0e})"
+                if guess > SKIP_STEPS:
+                    row["skipped"] = f"~{guess:.1e} steps predicted"
                     rows.append(row)
                     _print_method_row(row)
                     continue
@@ -317,6 +339,51 @@ class MLPField(nn.Module):
         return self.net(z)
 
 
+def _solvers(field, y0, t, tol):
+    """The two timed solves: nodeopt with torchdiffeq's step-size rule, and torchdiffeq."""
+
+    def run_nodeopt(f=field):
+        return nodeopt.odeint(f, y0, t, rtol=tol, atol=tol, method="dopri5", options={"controller": "i"})
+
+    def run_torchdiffeq(f=field):
+        return torchdiffeq.odeint(f, y0, t, rtol=tol, atol=tol, method="dopri5")
+
+    return {"nodeopt": run_nodeopt, "torchdiffeq": run_torchdiffeq}
+
+
+def _counts(field, y0, t, tol) -> tuple[dict, float]:
+    """nfe and steps of both solves (and of nodeopt's default controller), and how far apart they end."""
+    with torch.no_grad():
+        sol = nodeopt.solve(field, y0, t, rtol=tol, atol=tol, method="dopri5", options={"controller": "i"})
+        sol_pi = nodeopt.solve(field, y0, t, rtol=tol, atol=tol, method="dopri5")
+        ys_td, td_counts = _torchdiffeq_counts(field, y0, t, rtol=tol, atol=tol, method="dopri5")
+    counts = {"nodeopt": {"nfe": sol.stats.nfe, "n_steps": sol.stats.n_steps, "n_rejected": sol.stats.n_rejected},
+              "torchdiffeq": td_counts,
+              "nodeopt_pi": {"nfe": sol_pi.stats.nfe, "n_steps": sol_pi.stats.n_steps,
+                             "n_rejected": sol_pi.stats.n_rejected}}
+    return counts, float((sol.values[-1] - ys_td[-1]).abs().max())
+
+
+def _attempts(c: dict) -> int:
+    return c["n_steps"] + c["n_rejected"]
+
+
+def _in_solve_overhead(field, y0, t, tol, counts, repeats: int, grad: bool) -> dict:
+    """Loop overhead measured inside each solve: total time minus the time spent in ``func``."""
+    timed = TimedCalls(field)
+    runs = _solvers(timed, y0, t, tol)
+    out = {lib: [] for lib in runs}
+    ctx = torch.enable_grad if grad else torch.no_grad
+    for r in range(repeats):
+        for lib in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            timed.inside = 0.0
+            with ctx():
+                total = _timed(lambda: runs[lib](timed))
+            out[lib].append(total - timed.inside)
+    return {lib: {"overhead_s": median(xs), "overhead_per_step_s": median(xs) / _attempts(counts[lib]),
+                  "samples_s": xs} for lib, xs in out.items()}
+
+
 def bench_overhead(quick: bool) -> dict:
     torch.manual_seed(0)
     field = MLPField()
@@ -325,30 +392,13 @@ def bench_overhead(quick: bool) -> dict:
     t = torch.tensor([0.0, MLP_T_END])
     tol = MLP_TOL
     repeats, warmup = (5, 1) if quick else (25, 3)
-
-    def run_nodeopt():
-        return nodeopt.odeint(field, y0, t, rtol=tol, atol=tol, method="dopri5", options={"controller": "i"})
-
-    def run_torchdiffeq():
-        return torchdiffeq.odeint(field, y0, t, rtol=tol, atol=tol, method="dopri5")
-
-    # Counts, and agreement of the two solutions.
-    with torch.no_grad():
-        sol = nodeopt.solve(field, y0, t, rtol=tol, atol=tol, method="dopri5", options={"controller": "i"})
-        sol_pi = nodeopt.solve(field, y0, t, rtol=tol, atol=tol, method="dopri5")
-        ys_td, td_counts = _torchdiffeq_counts(field, y0, t, rtol=tol, atol=tol, method="dopri5")
-    counts = {
-        "nodeopt": {"nfe": sol.stats.nfe, "n_steps": sol.stats.n_steps, "n_rejected": sol.stats.n_rejected},
-        "torchdiffeq": td_counts,
-        "nodeopt_pi": {"nfe": sol_pi.stats.nfe, "n_steps": sol_pi.stats.n_steps,
-                       "n_rejected": sol_pi.stats.n_rejected},
-    }
-    max_diff = float((sol.values[-1] - ys_td[-1]).abs().max())
+    runs = _solvers(field, y0, t, tol)
+    counts, max_diff = _counts(field, y0, t, tol)
     n_eval = counts["nodeopt"]["nfe"]
 
-    # The bare function evaluations, per mode. The input requires grad under
-    # autograd so that, as inside a solve, the first layer's backward computes
-    # the gradient with respect to its input too.
+    # The bare function evaluations, per mode. Under autograd the input requires
+    # grad so that, as inside a solve, the first layer's backward also computes
+    # the gradient with respect to its input.
     y_leaf = y0.clone().requires_grad_(True)
     ones = torch.ones_like(y0)
 
@@ -380,60 +430,87 @@ def bench_overhead(quick: bool) -> dict:
         return g
 
     modes = {
-        "forward (no_grad)": (nograd(run_nodeopt), nograd(run_torchdiffeq), fn_nograd),
-        "forward (autograd on)": (run_nodeopt, run_torchdiffeq, fn_forward),
-        "forward + backward": (backward(run_nodeopt), backward(run_torchdiffeq), fn_backward),
+        "forward (no_grad)": (nograd(runs["nodeopt"]), nograd(runs["torchdiffeq"]), fn_nograd),
+        "forward (autograd on)": (runs["nodeopt"], runs["torchdiffeq"], fn_forward),
+        "forward + backward": (backward(runs["nodeopt"]), backward(runs["torchdiffeq"]), fn_backward),
     }
     results = {}
     for mode, (fa, fb, ff) in modes.items():
         samples = interleaved({"nodeopt": fa, "torchdiffeq": fb, "function": ff}, repeats=repeats, warmup=warmup)
         ratios = [a / b for a, b in zip(samples["nodeopt"], samples["torchdiffeq"])]
         per_eval = median(samples["function"]) / n_eval
-        entry = {"ratio_median_of_pairs": median(ratios), "ratio_of_medians":
-                 median(samples["nodeopt"]) / median(samples["torchdiffeq"]),
+        entry = {"ratio_median_of_pairs": median(ratios),
+                 "ratio_of_medians": median(samples["nodeopt"]) / median(samples["torchdiffeq"]),
                  "function_time_per_eval_s": per_eval, "samples_s": samples}
         for lib in ("nodeopt", "torchdiffeq"):
             c = counts[lib]
             total = median(samples[lib])
             fn_time = per_eval * c["nfe"]
-            attempts = c["n_steps"] + c["n_rejected"]
             entry[lib] = {"time_s": total, "time_per_eval_s": total / c["nfe"], "function_time_s": fn_time,
-                          "overhead_s": total - fn_time, "overhead_per_step_s": (total - fn_time) / attempts,
+                          "overhead_s": total - fn_time, "overhead_per_step_s": (total - fn_time) / _attempts(c),
                           "overhead_fraction": (total - fn_time) / total}
+        if mode != "forward + backward":
+            entry["in_solve"] = _in_solve_overhead(field, y0, t, tol, counts, repeats,
+                                                   grad=mode == "forward (autograd on)")
         results[mode] = entry
         print(f"  {mode:22s} nodeopt {entry['nodeopt']['time_s'] * 1e3:8.2f} ms   torchdiffeq "
               f"{entry['torchdiffeq']['time_s'] * 1e3:8.2f} ms   ratio {entry['ratio_median_of_pairs']:.3f}   "
               f"function alone {per_eval * n_eval * 1e3:8.2f} ms", flush=True)
+
+    # The loop alone: the same solve with a vector field that costs almost nothing.
+    cheap = LinearField(torch.tensor(LINEAR_A, dtype=y0.dtype))
+    cheap_counts, _ = _counts(cheap, y0, t, tol)
+    cheap_runs = {lib: nograd(lambda fn=fn: fn(cheap)) for lib, fn in _solvers(cheap, y0, t, tol).items()}
+    cheap_samples = interleaved(cheap_runs, repeats=repeats, warmup=warmup)
+    cheap_res = {lib: {"time_s": median(xs), "per_step_s": median(xs) / _attempts(cheap_counts[lib]),
+                       "samples_s": xs, **cheap_counts[lib]} for lib, xs in cheap_samples.items()}
+    print(f"  {'trivial field, no_grad':22s} nodeopt {cheap_res['nodeopt']['per_step_s'] * 1e6:8.0f} µs/step "
+          f"torchdiffeq {cheap_res['torchdiffeq']['per_step_s'] * 1e6:8.0f} µs/step", flush=True)
+
     headline = results["forward (no_grad)"]["ratio_median_of_pairs"]
     return {"setup": {"field": f"MLP 2→{MLP_WIDTH}→{MLP_WIDTH}→2 tanh, default init × {MLP_GAIN}",
                       "batch": MLP_BATCH, "dtype": "float32", "t": [0.0, MLP_T_END], "method": "dopri5",
                       "rtol": tol, "atol": tol, "nodeopt_options": {"controller": "i"},
                       "repeats": repeats, "warmup": warmup},
             "counts": counts, "max_abs_diff_final_state": max_diff, "modes": results,
+            "trivial_field": {"field": "y @ A^T, A as in part 1, same 1024×2 float32 state", "counts": cheap_counts,
+                              "results": cheap_res},
             "headline_ratio": headline, "goal_ratio": GOAL_RATIO, "goal_met": headline <= GOAL_RATIO}
 
 
 def overhead_markdown(res: dict) -> str:
     c = res["counts"]
     lines = [
-        "| mode | nodeopt ms | torchdiffeq ms | ratio (median of pairs) | function alone ms (nodeopt nfe / td nfe) "
-        "| nodeopt overhead ms (per step µs) | torchdiffeq overhead ms (per step µs) |",
-        "|---|---:|---:|---:|---:|---:|---:|"]
+        "| mode | nodeopt ms | torchdiffeq ms | ratio nodeopt/td | per eval µs (nodeopt / td) "
+        "| MLP alone µs/eval | loop overhead nodeopt ms (µs/step) | loop overhead td ms (µs/step) "
+        "| in-solve overhead µs/step (nodeopt / td) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, e in res["modes"].items():
         a, b = e["nodeopt"], e["torchdiffeq"]
+        ins = e.get("in_solve")
+        ins_cell = "—" if ins is None else (f"{ins['nodeopt']['overhead_per_step_s'] * 1e6:.0f} / "
+                                            f"{ins['torchdiffeq']['overhead_per_step_s'] * 1e6:.0f}")
         lines.append(
             f"| {mode} | {a['time_s'] * 1e3:.1f} | {b['time_s'] * 1e3:.1f} | **{e['ratio_median_of_pairs']:.3f}** | "
-            f"{a['function_time_s'] * 1e3:.1f} / {b['function_time_s'] * 1e3:.1f} | "
+            f"{a['time_per_eval_s'] * 1e6:.0f} / {b['time_per_eval_s'] * 1e6:.0f} | "
+            f"{e['function_time_per_eval_s'] * 1e6:.0f} | "
             f"{a['overhead_s'] * 1e3:.1f} ({a['overhead_per_step_s'] * 1e6:.0f}) | "
-            f"{b['overhead_s'] * 1e3:.1f} ({b['overhead_per_step_s'] * 1e6:.0f}) |")
-    per_eval = res["modes"]["forward (no_grad)"]["function_time_per_eval_s"]
+            f"{b['overhead_s'] * 1e3:.1f} ({b['overhead_per_step_s'] * 1e6:.0f}) | {ins_cell} |")
+    tr = res["trivial_field"]["results"]
     lines += ["",
-              f"nfe: nodeopt (controller \"i\") {c['nodeopt']['nfe']} ({c['nodeopt']['n_steps']} steps, "
-              f"{c['nodeopt']['n_rejected']} rejected), torchdiffeq {c['torchdiffeq']['nfe']} "
-              f"({c['torchdiffeq']['n_steps']} steps, {c['torchdiffeq']['n_rejected']} rejected); nodeopt with its "
-              f"default PI controller: {c['nodeopt_pi']['nfe']}. One MLP evaluation (no_grad): "
-              f"{per_eval * 1e6:.0f} µs. Largest difference of the two final states: "
-              f"{res['max_abs_diff_final_state']:.1e}. Per step = per attempted step (accepted + rejected)."]
+              f"nfe: nodeopt (controller \"i\") **{c['nodeopt']['nfe']}** ({c['nodeopt']['n_steps']} steps, "
+              f"{c['nodeopt']['n_rejected']} rejected), torchdiffeq **{c['torchdiffeq']['nfe']}** "
+              f"({c['torchdiffeq']['n_steps']} steps, {c['torchdiffeq']['n_rejected']} rejected); nodeopt with "
+              f"its default PI controller: {c['nodeopt_pi']['nfe']} ({c['nodeopt_pi']['n_steps']} steps). "
+              f"Largest difference of the two final states: {res['max_abs_diff_final_state']:.1e}.",
+              "",
+              "Loop overhead = median total − nfe × (median time of the MLP alone per evaluation), per attempted "
+              "step; in-solve overhead = median of (total − time spent inside func) measured in the same solves "
+              "with a timing wrapper (forward modes only). Trivial field (y @ Aᵀ on the same 1024×2 float32 "
+              f"state, no_grad): nodeopt {tr['nodeopt']['per_step_s'] * 1e6:.0f} µs per step "
+              f"({tr['nodeopt']['nfe']} nfe, {tr['nodeopt']['time_s'] * 1e3:.1f} ms), torchdiffeq "
+              f"{tr['torchdiffeq']['per_step_s'] * 1e6:.0f} µs per step ({tr['torchdiffeq']['nfe']} nfe, "
+              f"{tr['torchdiffeq']['time_s'] * 1e3:.1f} ms)."]
     return "\n".join(lines)
 
 

@@ -48,7 +48,10 @@ class BackwardContext:
     def accumulate(self, grads) -> None:
         for i, g in enumerate(grads):
             if g is not None:
-                self.param_grads[i] = g if self.param_grads[i] is None else self.param_grads[i] + g
+                if self.param_grads[i] is None:
+                    self.param_grads[i] = g.clone()  # owned: later steps add into it in place
+                else:
+                    self.param_grads[i].add_(g)
 
 
 class Replay(GradientMethod):
