@@ -28,6 +28,15 @@ class Backprop(GradientMethod):
         self.land = land
 
     def solve(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats) -> torch.Tensor:
-        result = problem.run(land=self.land)
+        def count(output: torch.Tensor) -> None:
+            def hook(grad: torch.Tensor) -> None:
+                stats.nvjp_backward += 1
+            output.register_hook(hook)
+
+        problem.dynamics.on_graph_output = count
+        try:
+            result = problem.run(land=self.land)
+        finally:
+            problem.dynamics.on_graph_output = None
         stats.n_steps, stats.n_rejected = result.n_steps, result.n_rejected
         return torch.stack(result.outputs)

@@ -10,7 +10,7 @@ backward in time is turned into forward integration of ``-f(-s, y)`` in
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -81,6 +81,9 @@ class Dynamics:
         self.time_dtype = time_dtype
         self.nfe = 0
         self._checked = False
+        # Called with each output that joined an autograd graph (gradient methods
+        # use it to see the backward pass, e.g. to count vector–Jacobian products).
+        self.on_graph_output: Optional[Callable[[torch.Tensor], None]] = None
 
     def time(self, s: float) -> torch.Tensor:
         """The user's time for the loop's time ``s``, as a scalar tensor."""
@@ -92,7 +95,10 @@ class Dynamics:
         if not self._checked:
             self._check(out)
         out = self.spec.flatten(out)
-        return -out if self.sign < 0 else out
+        out = -out if self.sign < 0 else out
+        if self.on_graph_output is not None and out.requires_grad:
+            self.on_graph_output(out)
+        return out
 
     def _check(self, out) -> None:
         spec = self.spec
