@@ -240,6 +240,25 @@ def test_aliases_select_their_gradient_method_and_take_torchdiffeq_arguments():
         nodeopt.odeint_symplectic_adjoint(field, y0, t, adjoint_rtol=1e-3)
 
 
+@pytest.mark.parametrize("gradient", EXACT)
+def test_exact_methods_replay_the_steps_around_a_jump_discontinuity(gradient):
+    field = Field()
+
+    def switched(t, y):  # the field changes sign at t = 0.5
+        return field(t, y) * (1.0 if t < 0.5 else -1.0)
+
+    y0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(11), requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    params = tuple(field.parameters())
+    opts = {"jump_t": [0.5]}
+
+    def grads(g):
+        ys = nodeopt.odeint(switched, y0, t, options=opts, gradient=g, adjoint_params=params)
+        return torch.cat([x.reshape(-1) for x in torch.autograd.grad(ys[-1].square().sum(), (y0,) + params)])
+
+    assert _rel(grads(gradient), grads("backprop")) < 1e-10
+
+
 def test_unknown_gradient_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="gradient='symplectik'.*symplectic"):
         nodeopt.odeint(Field(), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),

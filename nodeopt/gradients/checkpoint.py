@@ -20,12 +20,12 @@ class Checkpoint(StepReplay):
 
     name = "checkpoint"
 
-    def step_backward(self, ctx: BackwardContext, t: float, h: float, t1: float, y: torch.Tensor,
-                      lam: torch.Tensor) -> torch.Tensor:
+    def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
+                      y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         tab = ctx.tableau
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            y1, _ = rk_step(ctx.f, tab.truncated, t, h, t1, y, ctx.f(t, y))
+            y1, _ = rk_step(ctx.f, tab.truncated, t, h, t_last, y, ctx.f(t_first, y))
             grads = torch.autograd.grad(y1, (y,) + ctx.params, lam, allow_unused=True)
         ctx.stats.nvjp_backward += tab.needed_stages
         ctx.accumulate(grads[1:])

@@ -29,9 +29,8 @@ class OneCheckpoint(Replay):
             outputs, y = [y0], y0
             ends = set(traj.outputs)
             for n in range(len(traj)):
-                t, h = traj.ts[n], traj.hs[n]
-                t1 = traj.ts[n + 1] if n + 1 < len(traj) else ctx.t_end
-                y, _ = rk_step(ctx.f, tab, t, h, t1, y, ctx.f(t, y))
+                t_first, h, t_last, t, _ = traj.step(n)
+                y, _ = rk_step(ctx.f, tab, t, h, t_last, y, ctx.f(t_first, y))
                 if n + 1 in ends:
                     outputs.append(y)
             ctx.stats.nvjp_backward += len(traj) * tab.stages

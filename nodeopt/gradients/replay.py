@@ -26,7 +26,6 @@ class BackwardContext:
 
     def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats):
         self.f = problem.dynamics
-        self.t_end = problem.times[-1]
         self.tableau = problem.method.tableau
         self.params = params
         self.stats = stats
@@ -82,15 +81,17 @@ class StepReplay(Replay):
             if pending >= 0 and traj.outputs[pending] == n + 1:
                 lam = lam + grad_outputs[pending + 1]
                 pending -= 1
-            t, h = traj.ts[n], traj.hs[n]
-            t1 = traj.ts[n + 1] if n + 1 < len(traj) else ctx.t_end
-            lam = self.step_backward(ctx, t, h, t1, traj.ys[n], lam)
+            lam = self.step_backward(ctx, *traj.step(n), lam)
         return lam + grad_outputs[0]
 
     @abstractmethod
-    def step_backward(self, ctx: BackwardContext, t: float, h: float, t1: float, y: torch.Tensor,
-                      lam: torch.Tensor) -> torch.Tensor:
-        """Given ``λ_{n+1} = dL/dy_{n+1}``, return ``λ_n`` and add the parameter gradients of the step."""
+    def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
+                      y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """Given ``λ_{n+1} = dL/dy_{n+1}``, return ``λ_n`` and add the parameter gradients of step ``n``.
+
+        The step went from ``(t, y)`` with size ``h``; its first stage was evaluated at ``t_first``
+        and its stages with ``c_i = 1`` at ``t_last`` (see ``Trajectory.step``).
+        """
 
 
 class _Replay(torch.autograd.Function):

@@ -29,12 +29,12 @@ class SymplecticAdjoint(StepReplay):
 
     name = "symplectic"
 
-    def step_backward(self, ctx: BackwardContext, t: float, h: float, t1: float, y: torch.Tensor,
-                      lam: torch.Tensor) -> torch.Tensor:
+    def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
+                      y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         tab = ctx.tableau
         partner = tab.symplectic_partner
         m = tab.needed_stages
-        times = [t1 if c == 1.0 else t + c * h for c in tab.c[:m]]
+        times = [t_first] + [t_last if c == 1.0 else t + c * h for c in tab.c[1:m]]
         # 1. Stage states Y_1..Y_m; the last needed stage's derivative is never used.
         states = [y]
         ks: list[torch.Tensor] = []

@@ -116,8 +116,9 @@ class IController:
     """torchdiffeq's rule: ``factor = clip(safety · r^(-1/k), lo, ifactor)``.
 
     ``lo`` is one on accepted steps (they never shrink) and ``dfactor`` on
-    rejected ones. With the same initial step this reproduces torchdiffeq's
-    step sequence.
+    rejected ones. This is the rule of torchdiffeq 0.2's adaptive solvers, so
+    step counts come out close to torchdiffeq's (not identical: the starting
+    step and the last step, which nodeopt ends on ``t[-1]``, differ).
     """
 
     safety: float = 0.9

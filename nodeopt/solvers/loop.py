@@ -38,9 +38,23 @@ class Trajectory:
     hs: list[float] = field(default_factory=list)
     ys: list[torch.Tensor] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
+    edges: list[tuple[float, float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.hs)
+
+    def step(self, n: int) -> tuple[float, float, float, float, torch.Tensor]:
+        """``(t_first, h, t_last, t_n, y_n)`` of step ``n``: ``f`` was evaluated at ``t_first`` for the
+        first stage and at ``t_last`` for stages with ``c_i = 1`` (they differ from ``t_n`` and
+        ``t_n + h`` by one ulp at a ``jump_t`` discontinuity)."""
+        first, last = self.edges[n]
+        return first, self.hs[n], last, self.ts[n], self.ys[n]
+
+    def append(self, t: float, h: float, y: torch.Tensor, first: float, last: float) -> None:
+        self.ts.append(t)
+        self.hs.append(h)
+        self.ys.append(y)
+        self.edges.append((first, last))
 
 
 @dataclass
@@ -100,6 +114,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
     n_out = 1
     traj = Trajectory() if record else None
     t, y = t0, y0
+    t_k1 = t
     k1 = f(t, y)
     if not bool(torch.isfinite(k1).all()):
         raise _nonfinite_error(f"at the initial state (t={sign * t0:g})")
@@ -109,7 +124,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
     else:
         h = min(first_step, t_end - t0)
     memory = controller.initial_memory()
-    after_reject = False
+    after_reject = nonfinite = False
     n_steps = n_rejected = 0
     stop_idx = 0
 
@@ -118,6 +133,9 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         hits = t + h >= target
         h_try, t1 = (target - t, target) if hits else (h, t + h)
         if h_try < _min_step(t, target):
+            if nonfinite:
+                raise _nonfinite_error(f"for every step tried from t={sign * t:.17g} on (the step shrank to "
+                                       f"{h_try:.3g})")
             raise RuntimeError(f"step size underflow at t={sign * t:.17g} (step {h_try:.3g}): the solver cannot "
                                f"meet rtol/atol here; the dynamics may be stiff or blow up. Loosen rtol/atol, "
                                f"or use a fixed-step method")
@@ -125,9 +143,12 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
             raise RuntimeError(f"max_num_steps={max_num_steps} exceeded at t={sign * t:.6g} of "
                                f"[{sign * t0:g}, {sign * t_end:g}]; raise options['max_num_steps'] or loosen "
                                f"rtol/atol")
-        y1, ks = rk_step(f, tableau, t, h_try, t1, y, k1)
+        # A step ending on a discontinuity evaluates its last stages just before it.
+        t1_eval = math.nextafter(t1, -math.inf) if hits and target in jumps else t1
+        y1, ks = rk_step(f, tableau, t, h_try, t1_eval, y, k1)
         ratio = error_norm(y, y1, rk_error(tableau, h_try, ks))
-        if not math.isfinite(ratio):
+        nonfinite = not math.isfinite(ratio)
+        if nonfinite:
             if not bool(torch.isfinite(k1).all()):
                 raise _nonfinite_error(f"at t={sign * t:.6g}")
             n_rejected += 1
@@ -144,9 +165,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
 
         n_steps += 1
         if traj is not None:
-            traj.ts.append(t)
-            traj.hs.append(h_try)
-            traj.ys.append(y)
+            traj.append(t, h_try, y, t_k1, t1_eval)
         while n_out < len(times) and times[n_out] < t1:
             theta = (times[n_out] - t) / h_try
             outputs.append(lincomb(y, h_try, tableau.dense_weights(theta), ks))
@@ -161,8 +180,11 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         fresh = hits and target in jumps
         k1 = ks[-1] if tableau.fsal and not fresh else None
         t, y = t1, y1
+        t_k1 = t
         if k1 is None and n_out < len(times):
-            k1 = f(t, y)
+            # After a discontinuity, the next step starts just after it.
+            t_k1 = math.nextafter(t, math.inf) if fresh else t
+            k1 = f(t_k1, y)
         # A step cut short to land on a time tells little about the scale the
         # error allows: do not let it shrink the step the controller had planned.
         h = max(h_try * factor, h) if hits else h_try * factor
@@ -187,9 +209,7 @@ def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequ
         h = t1 - t
         y1, _ = rk_step(f, tableau, t, h, t1, y, f(t, y))
         if traj is not None:
-            traj.ts.append(t)
-            traj.hs.append(h)
-            traj.ys.append(y)
+            traj.append(t, h, y, t, t1)
         y = y1
         if t1 == times[n_out]:
             if not bool(torch.isfinite(y).all()):

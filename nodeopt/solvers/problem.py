@@ -127,8 +127,11 @@ def _times(name: str, value, sign: float) -> list[float]:
 
 
 def _positive(name: str, value, kind=float):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"options[{name!r}] must be a positive number, got {value!r}")
+    whole = kind is int
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            or not math.isfinite(value) or (whole and not float(value).is_integer())):
+        raise ValueError(f"options[{name!r}] must be a positive number{' (a whole number)' if whole else ''}, "
+                         f"got {value!r}")
     return kind(value)
 
 
