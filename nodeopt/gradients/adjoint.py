@@ -21,6 +21,7 @@ from ..solvers.methods import RungeKutta
 from ..solvers.problem import Problem, make_problem
 from ..solvers.solution import Stats
 from ..solvers.state import rms_norm
+from . import observe
 from .base import GradientMethod, register
 
 
@@ -70,6 +71,7 @@ class _AugmentedDynamics:
 
     def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats):
         self.f = problem.dynamics
+        self.sign = problem.sign
         self.params = params
         self.stats = stats
 
@@ -77,7 +79,13 @@ class _AugmentedDynamics:
         y, lam = state[0], state[1]
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            fy = self.f(float(s), y)
+            if observe.is_listening():
+                # Each evaluation of the backward solve is one sample of the trajectory,
+                # its cotangent is the adjoint state itself.
+                with observe.stage(self.sign * float(s), 1.0, 1.0):
+                    fy = self.f(float(s), y)
+            else:
+                fy = self.f(float(s), y)
             grads = torch.autograd.grad(fy, (y,) + self.params, -lam, allow_unused=True)
         self.stats.nvjp_backward += 1
         vjps = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads[1:], self.params))

@@ -25,7 +25,8 @@ class Checkpoint(StepReplay):
         tab = ctx.tableau
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            y1, _ = rk_step(ctx.f, tab.truncated, t, h, t_last, y, ctx.f(t_first, y))
+            f = ctx.field(h)
+            y1, _ = rk_step(f, tab.truncated, t, h, t_last, y, f(t_first, y))
             grads = torch.autograd.grad(y1, (y,) + ctx.params, lam, allow_unused=True)
         ctx.stats.nvjp_backward += tab.needed_stages
         ctx.accumulate(grads[1:])

@@ -30,7 +30,8 @@ class OneCheckpoint(Replay):
             ends = set(traj.outputs)
             for n in range(len(traj)):
                 t_first, h, t_last, t, _ = traj.step(n)
-                y, _ = rk_step(ctx.f, tab, t, h, t_last, y, ctx.f(t_first, y))
+                f = ctx.field(h)
+                y, _ = rk_step(f, tab, t, h, t_last, y, f(t_first, y))
                 if n + 1 in ends:
                     outputs.append(y)
             ctx.stats.nvjp_backward += len(traj) * tab.stages

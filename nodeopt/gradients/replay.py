@@ -18,6 +18,7 @@ import torch
 from ..solvers.loop import Trajectory
 from ..solvers.problem import Problem
 from ..solvers.solution import Stats
+from . import observe
 from .base import GradientMethod
 
 
@@ -26,19 +27,32 @@ class BackwardContext:
 
     def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats):
         self.f = problem.dynamics
+        self.sign = problem.sign
+        # With a listener, evaluations that will be differentiated are announced.
+        self.announcer = StageAnnouncer(problem.dynamics, problem.method.tableau, problem.sign) \
+            if observe.is_listening() else None
         self.tableau = problem.method.tableau
         self.params = params
         self.stats = stats
         self.param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
 
-    def vjp(self, t: float, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def field(self, h: float):
+        """The vector field to replay a step of size ``h`` with (announcing stages when observed)."""
+        return self.f if self.announcer is None else self.announcer.start(h)
+
+    def vjp(self, t: float, y: torch.Tensor, v: torch.Tensor, hb: float = 0.0) -> torch.Tensor:
         """``(∂f/∂y)ᵀ v`` at ``(t, y)``, accumulating ``(∂f/∂θ)ᵀ v`` into the parameter gradients.
 
-        One network use is alive only for the duration of this call.
+        One network use is alive only for the duration of this call. ``hb`` is the
+        stage's ``h·b_i``, announced to listeners (see ``observe``) when non-zero.
         """
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            out = self.f(t, y)
+            if self.announcer is not None and hb != 0.0:
+                with observe.stage(self.sign * t, abs(hb), hb):
+                    out = self.f(t, y)
+            else:
+                out = self.f(t, y)
             grads = torch.autograd.grad(out, (y,) + self.params, v, allow_unused=True)
         self.stats.nvjp_backward += 1
         self.accumulate(grads[1:])
@@ -62,6 +76,32 @@ class Replay(GradientMethod):
     @abstractmethod
     def backward(self, ctx: BackwardContext, traj: Trajectory, grad_outputs: torch.Tensor) -> torch.Tensor:
         """Return ``dL/dy0`` given the output cotangents; add the parameter gradients to ``ctx``."""
+
+
+class StageAnnouncer:
+    """The loop-time field, announcing each call as stage ``i`` of a step (see ``observe``).
+
+    ``rk_step`` evaluates the stages in order after the caller has evaluated
+    the first, so the ``i``-th call of a step is stage ``i``. Stage ``i`` of a
+    step of size ``h`` has quadrature weight ``h·b_i``, and the cotangent that
+    reaches its output is ``h·b_i`` times the adjoint state (to first order).
+    """
+
+    def __init__(self, f, tableau, sign: float):
+        self.f, self.b, self.sign = f, tableau.b, sign
+        self.h, self.calls = 0.0, 0
+
+    def start(self, h: float) -> "StageAnnouncer":
+        self.h, self.calls = h, 0
+        return self
+
+    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        i, self.calls = self.calls, self.calls + 1
+        hb = self.h * self.b[i] if i < len(self.b) else 0.0
+        if hb == 0.0:
+            return self.f(t, y)
+        with observe.stage(self.sign * t, abs(hb), hb):
+            return self.f(t, y)
 
 
 class StepReplay(Replay):

@@ -51,7 +51,7 @@ class SymplecticAdjoint(StepReplay):
             big_lam = lincomb(base, h, pairs, ells)
             weight = h * partner.B[i]
             # ℓ_i = -J_iᵀ Λ_i; the VJP takes h B_i Λ_i so the parameter gradient comes out scaled.
-            ells[i] = ctx.vjp(times[i], states[i], big_lam * weight).mul_(-1.0 / weight)
+            ells[i] = ctx.vjp(times[i], states[i], big_lam * weight, hb=h * tab.b[i]).mul_(-1.0 / weight)
         # 3. λ_n = λ_{n+1} - h Σ B_i ℓ_i.
         weights = tuple((i, -partner.B[i]) for i in range(m) if ells[i] is not None)
         return lincomb(lam, h, weights, ells)
