@@ -41,6 +41,7 @@ class Stage:
 
 _listeners: ContextVar[int] = ContextVar("nodeopt_stage_listeners", default=0)
 _current: ContextVar[Optional[Stage]] = ContextVar("nodeopt_current_stage", default=None)
+_muted: ContextVar[bool] = ContextVar("nodeopt_muted", default=False)
 
 
 @contextlib.contextmanager
@@ -70,3 +71,22 @@ def stage(t: float, weight: float, scale: float) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+@contextlib.contextmanager
+def muted() -> Iterator[None]:
+    """Gradients computed inside the block are not part of the training backward pass.
+
+    A vector field that differentiates inside its forward pass (a CNF's
+    divergence) opens this around that inner ``autograd.grad`` so that
+    listeners ignore the gradients it produces.
+    """
+    token = _muted.set(True)
+    try:
+        yield
+    finally:
+        _muted.reset(token)
+
+
+def is_muted() -> bool:
+    return _muted.get()

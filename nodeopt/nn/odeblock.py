@@ -1,0 +1,68 @@
+"""``ODEBlock``: a neural ODE as a layer, ``x ↦ y(t1)`` with ``dy/dt = func(t, y)``, ``y(t0) = x``."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from ..gradients import GradientMethod, solve
+from ..solvers import RungeKutta, Stats
+
+
+class ODEBlock(nn.Module):
+    """Integrate ``func`` from ``t0`` to ``t1`` (or over given times) as one layer.
+
+    Args:
+        func: the vector field ``func(t, y)`` (an ``nn.Module``: its parameters get gradients).
+        t1, t0: the integration interval; ``t1`` may be changed during training
+            (see :class:`nodeopt.optim.IntegrationTimeOptimizer`).
+        rtol, atol, method, options, gradient: passed to :func:`nodeopt.solve`.
+        return_all: return the states at all times ``(len(t), ...)`` rather than only the last.
+
+    Attributes:
+        stats: the :class:`~nodeopt.Stats` of the last solve.
+        last_times: the times tensor of the last solve; when ``t1`` is being
+            optimised it requires grad, so ``last_times.grad`` holds ``dL/dt``
+            after ``backward()``.
+    """
+
+    def __init__(self, func: nn.Module, t1: float = 1.0, t0: float = 0.0, *, rtol: float = 1e-3,
+                 atol: float = 1e-3, method: Union[str, RungeKutta, None] = "dopri5",
+                 options: Optional[dict] = None, gradient: Union[str, GradientMethod] = "symplectic",
+                 return_all: bool = False):
+        super().__init__()
+        self.func = func
+        self.register_buffer("times", torch.tensor([float(t0), float(t1)], dtype=torch.float64))
+        self.rtol, self.atol, self.method, self.options = rtol, atol, method, options
+        self.gradient = gradient
+        self.return_all = return_all
+        self.track_time_gradient = False
+        self.stats: Optional[Stats] = None
+        self.last_times: Optional[torch.Tensor] = None
+
+    @property
+    def t1(self) -> float:
+        return float(self.times[-1])
+
+    @t1.setter
+    def t1(self, value: float) -> None:
+        if not float(value) > float(self.times[0]):
+            raise ValueError(f"t1 must be greater than t0={float(self.times[0])}, got {value}")
+        self.times[-1] = float(value)
+
+    def forward(self, x, times: Optional[torch.Tensor] = None):
+        t = self.times if times is None else torch.as_tensor(times, dtype=torch.float64)
+        t = t.detach().clone().requires_grad_(self.track_time_gradient and self.training)
+        sol = solve(self.func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options,
+                    gradient=self.gradient)
+        self.stats, self.last_times = sol.stats, t
+        values = sol.values
+        if self.return_all:
+            return values
+        return tuple(v[-1] for v in values) if isinstance(values, tuple) else values[-1]
+
+    def extra_repr(self) -> str:
+        return (f"t=[{float(self.times[0]):g}, {self.t1:g}], method={self.method!r}, gradient={self.gradient!r}, "
+                f"rtol={self.rtol}, atol={self.atol}")

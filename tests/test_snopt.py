@@ -1,0 +1,296 @@
+"""SNOpt: Kronecker factors and preconditioning against dense computations; collection along every method."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nodeopt
+from nodeopt.nn import ODEBlock
+from nodeopt.optim import SNOpt, kfac
+
+GRADIENTS = ("backprop", "adjoint", "onecheckpoint", "checkpoint", "symplectic")
+DT = torch.float64
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- factors against dense computations --------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_input_and_output_factors_equal_dense_sums(bias):
+    layer = nn.Linear(3, 2, bias=bias).double()
+    x = torch.randn(5, 3, dtype=DT, generator=_gen(0))
+    g = torch.randn(5, 2, dtype=DT, generator=_gen(1))
+    xt = torch.cat([x, torch.ones(5, 1, dtype=DT)], 1) if bias else x
+    dense_a = sum(torch.outer(r, r) for r in xt) / 5
+    dense_g = sum(torch.outer(r, r) for r in g) / 5
+    assert torch.allclose(kfac.input_factor(layer, x), dense_a, atol=1e-14)
+    assert torch.allclose(kfac.output_factor(layer, g), dense_g, atol=1e-14)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), (1, 2)])
+def test_conv_factors_equal_sums_over_explicit_patches(stride, padding):
+    layer = nn.Conv2d(2, 3, kernel_size=3, stride=stride, padding=padding).double()
+    x = torch.randn(2, 2, 6, 5, dtype=DT, generator=_gen(2))
+    out = layer(x)
+    g = torch.randn(out.shape, dtype=DT, generator=_gen(3))
+    xp = F.pad(x, (padding, padding, padding, padding))
+    patches, grads = [], []
+    for n in range(x.shape[0]):
+        for i in range(out.shape[2]):
+            for j in range(out.shape[3]):
+                patch = xp[n, :, i * stride:i * stride + 3, j * stride:j * stride + 3].reshape(-1)
+                patches.append(torch.cat([patch, torch.ones(1, dtype=DT)]))
+                grads.append(g[n, :, i, j])
+    dense_a = sum(torch.outer(p, p) for p in patches) / len(patches)
+    dense_g = sum(torch.outer(q, q) for q in grads) / len(grads)
+    assert torch.allclose(kfac.input_factor(layer, x), dense_a, atol=1e-12)
+    assert torch.allclose(kfac.output_factor(layer, g), dense_g, atol=1e-12)
+    assert kfac.locations(layer, g) == out.shape[2] * out.shape[3]
+    # The weight-gradient layout matches the patch layout: ∇W = Σ g pᵀ.
+    layer.weight.grad = torch.einsum("np,nq->pq", torch.stack(grads), torch.stack(patches))[:, :-1].reshape(
+        layer.weight.shape).clone()
+    layer.bias.grad = torch.stack(grads).sum(0).clone()
+    out.backward(g)  # accumulates autograd's own gradient on top: twice the dense one
+    assert torch.allclose(kfac.gradient_matrix(layer) / 2,
+                          torch.einsum("np,nq->pq", torch.stack(grads), torch.stack(patches)), atol=1e-10)
+
+
+def _random_spd(n, seed):
+    m = torch.randn(n, n, dtype=DT, generator=_gen(seed))
+    return m @ m.t() / n + 0.1 * torch.eye(n, dtype=DT)
+
+
+def test_preconditioned_gradient_equals_the_dense_kronecker_formula():
+    a, g_fac = _random_spd(4, 4), _random_spd(3, 5)
+    grad = torch.randn(3, 4, dtype=DT, generator=_gen(6))
+    e_a, q_a = kfac.eigenbasis(a)
+    e_g, q_g = kfac.eigenbasis(g_fac)
+    m2 = torch.outer(e_g, e_a) * 2.0
+    alpha, eps, batch = 0.75, 0.05, 8
+    nat, m2_new = kfac.precondition(grad, q_a, q_g, m2, alpha, eps, batch)
+    # Column-major vec: vec(Q_G X Q_Aᵀ) = (Q_A ⊗ Q_G) vec(X).
+    vec = lambda m: m.t().reshape(-1)  # noqa: E731
+    k = torch.kron(q_a, q_g)
+    proj = k.t() @ vec(grad)
+    second = alpha * vec(m2) + (1 - alpha) * batch * proj ** 2
+    expected = k @ (proj / (second + eps))
+    assert torch.allclose(vec(nat), expected, atol=1e-12)
+    assert torch.allclose(vec(m2_new), second, atol=1e-12)
+
+
+def test_without_running_average_ekfac_is_kfac_with_damping():
+    # With m2 = λ_G λ_Aᵀ kept (alpha = 1) the step is (A ⊗ G + ε I)⁻¹ vec(∇).
+    a, g_fac = _random_spd(3, 7), _random_spd(2, 8)
+    grad = torch.randn(2, 3, dtype=DT, generator=_gen(9))
+    e_a, q_a = kfac.eigenbasis(a)
+    e_g, q_g = kfac.eigenbasis(g_fac)
+    nat, _ = kfac.precondition(grad, q_a, q_g, torch.outer(e_g, e_a), 1.0, 1e-3, 1)
+    dense = torch.kron(a, g_fac) + 1e-3 * torch.eye(6, dtype=DT)
+    expected = torch.linalg.solve(dense, grad.t().reshape(-1))
+    assert torch.allclose(nat.t().reshape(-1), expected, atol=1e-10)
+
+
+# ---- collection along the trajectory --------------------------------------------------------------
+
+class LinearField(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2).double()
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([[-0.3, 0.8], [-0.7, -0.2]]))
+            self.lin.bias.copy_(torch.tensor([0.1, -0.2]))
+
+    def forward(self, t, y):
+        return self.lin(y)
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "onecheckpoint", "checkpoint", "symplectic"])
+def test_factors_of_an_euler_solve_are_the_time_averages_along_the_trajectory(gradient):
+    # Euler, h = 0.25 on [0, 1]: stage n is y_n (weight h), its output cotangent is h·λ_{n+1}.
+    field = LinearField()
+    block = ODEBlock(field, t1=1.0, method="euler", options={"step_size": 0.25}, gradient=gradient)
+    y0 = torch.randn(3, 2, dtype=DT, generator=_gen(10))
+    target = torch.randn(3, 2, dtype=DT, generator=_gen(11))
+    pre = SNOpt(block, snopt_step_size=0.5)
+    pre.train_itr_setup()
+    capture = pre._capture
+    loss = 0.5 * (block(y0) - target).square().sum()
+    loss.backward()
+    sums = capture.sums[field.lin]
+    pre.step()
+
+    w = field.lin.weight.detach()
+    ys = [y0]
+    for _ in range(4):
+        ys.append(ys[-1] + 0.25 * (ys[-1] @ w.t() + field.lin.bias.detach()))
+    lam = ys[-1] - target
+    lams = [lam]
+    for _ in range(3):
+        lams.insert(0, lams[0] + 0.25 * lams[0] @ w)
+    xt = [torch.cat([y, torch.ones(3, 1, dtype=DT)], 1) for y in ys[:4]]
+    dense_a = sum(0.25 * x.t() @ x / 3 for x in xt) / 1.0
+    g_hat = [3 * 0.5 * lmb for lmb in lams]  # batch · Δ · λ_{n+1}
+    dense_g = sum(0.25 * g.t() @ g / 3 for g in g_hat) / 1.0
+    a, g = sums.factors()
+    assert torch.allclose(a, dense_a, rtol=1e-12)
+    assert torch.allclose(g, dense_g, rtol=1e-12)
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_raw_gradient_on_a_refresh_iteration_equals_a_plain_iteration(gradient):
+    model = _classifier(gradient)
+    x, y = _data()
+    pre = SNOpt(model, update_freq=2, full_precond=True)
+    raw = []
+    for _ in range(2):  # iteration 0 refreshes, iteration 1 does not; parameters do not move
+        pre.train_itr_setup()
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        raw.append(torch.cat([p.grad.reshape(-1).clone() for p in model.parameters()]))
+        pre.step()
+    assert torch.equal(raw[0], raw[1])
+    plain = _classifier(gradient)
+    F.cross_entropy(plain(x), y).backward()
+    assert torch.equal(raw[0], torch.cat([p.grad.reshape(-1) for p in plain.parameters()]))
+
+
+def test_symplectic_and_tight_adjoint_precondition_in_the_same_direction():
+    x, y = _data()
+    out = {}
+    for gradient, tol in (("symplectic", 1e-6), ("adjoint", 1e-8)):
+        model = _classifier(gradient, tol=tol)
+        pre = SNOpt(model, full_precond=True)
+        pre.train_itr_setup()
+        F.cross_entropy(model(x), y).backward()
+        pre.step()
+        out[gradient] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    cos = F.cosine_similarity(out["symplectic"], out["adjoint"], dim=0).item()
+    # Measured 0.99995 (float64): the adjoint samples its own backward stages, with uniform weights.
+    assert cos > 0.999
+
+
+# ---- the optimiser's bookkeeping -------------------------------------------------------------------
+
+def test_bases_refresh_every_update_freq_iterations_only():
+    model = _classifier("symplectic")
+    x, y = _data()
+    pre = SNOpt(model, update_freq=3)
+    layer = pre.layers[0]
+    seen = []
+    for it in range(7):
+        pre.train_itr_setup()
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        pre.step()
+        seen.append(pre.state[layer.weight]["q_a"])
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(p.grad, alpha=-0.05)
+    refreshed = [it for it in range(1, 7) if seen[it] is not seen[it - 1]]
+    assert refreshed == [3, 6]
+
+
+def test_hooks_live_only_during_a_refresh_iteration():
+    model = _classifier("symplectic")
+    x, y = _data()
+    pre = SNOpt(model, update_freq=2, full_precond=True)
+    assert all(not m._forward_hooks for m in model.modules())
+    pre.train_itr_setup()
+    assert all(m._forward_hooks for m in pre.layers)
+    F.cross_entropy(model(x), y).backward()
+    pre.step()
+    assert all(not m._forward_hooks for m in model.modules())
+    assert not nodeopt.gradients.observe.is_listening()
+    pre.train_itr_setup()  # iteration 1: no refresh, no hooks
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_state_dict_round_trip_reproduces_the_next_step():
+    x, y = _data()
+    model = _classifier("symplectic")
+    pre = SNOpt(model, update_freq=5, full_precond=True)
+    for _ in range(2):
+        pre.train_itr_setup()
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        pre.step()
+    twin = copy.deepcopy(model)
+    restored = SNOpt(twin, update_freq=5, full_precond=True)
+    restored.load_state_dict(pre.state_dict())
+    assert restored.iteration == 2
+    results = []
+    for net, opt in ((model, pre), (twin, restored)):
+        opt.train_itr_setup()
+        net.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        results.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    assert torch.equal(results[0], results[1])
+
+
+def test_step_bound_shrinks_the_step_to_max_step_in_the_fisher_metric():
+    # K-FAC's KL clipping: the step ν·∇_nat has Fisher length ν²⟨∇_nat, ∇⟩, capped at max_step.
+    x, y = _data()
+    steps, raws = [], []
+    for bound in (None, 1e-6):
+        model = _classifier("symplectic")
+        pre = SNOpt(model, full_precond=True, max_step=bound)
+        pre.train_itr_setup()
+        F.cross_entropy(model(x), y).backward()
+        raws.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]).clone())
+        pre.step()
+        steps.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]))
+    free, bounded = steps
+    size = float(free @ raws[0])
+    assert size > 1e-6  # the bound is active
+    nu = float(bounded @ raws[1]) / size
+    assert torch.allclose(bounded, free * nu, rtol=1e-10)
+    assert nu ** 2 * size == pytest.approx(1e-6, rel=1e-9)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps=0.0), "eps must be a positive number"),
+    (dict(update_freq=0), "update_freq must be a whole number"),
+    (dict(update_freq=2.5), "update_freq must be a whole number"),
+    (dict(alpha=1.0), r"alpha must be a number in \[0, 1\)"),
+    (dict(max_step=-1.0), "max_step must be a positive number"),
+    (dict(snopt_step_size=0), "snopt_step_size must be a positive number"),
+])
+def test_bad_hyper_parameters_are_rejected_with_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SNOpt(_classifier("symplectic"), **kwargs)
+
+
+def test_a_model_without_ode_layers_or_a_parameter_list_is_rejected():
+    with pytest.raises(ValueError, match="no Linear or Conv2d layer to precondition"):
+        SNOpt(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(TypeError, match="not model.parameters"):
+        SNOpt(nn.Linear(2, 2).parameters())
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+class _Field(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(5, 16)
+        self.l2 = nn.Linear(16, 4)
+
+    def forward(self, t, y):
+        return self.l2(torch.tanh(self.l1(torch.cat([y, t.expand(y.shape[0], 1)], 1))))
+
+
+def _classifier(gradient, tol=1e-6):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 4), ODEBlock(_Field(), gradient=gradient, rtol=tol, atol=tol),
+                         nn.Linear(4, 3)).double()
+
+
+def _data():
+    return torch.randn(32, 6, dtype=DT, generator=_gen(20)), torch.randint(0, 3, (32,), generator=_gen(21))
