@@ -1,5 +1,6 @@
 """Layer 3: neural-ODE modules."""
 
+from .cnf import CNF
 from .odeblock import ODEBlock
 
-__all__ = ["ODEBlock"]
+__all__ = ["ODEBlock", "CNF"]

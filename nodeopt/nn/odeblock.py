@@ -41,6 +41,7 @@ class ODEBlock(nn.Module):
         self.track_time_gradient = False
         self.stats: Optional[Stats] = None
         self.last_times: Optional[torch.Tensor] = None
+        self.last_batch_size = 1
 
     @property
     def t1(self) -> float:
@@ -58,6 +59,7 @@ class ODEBlock(nn.Module):
         sol = solve(self.func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options,
                     gradient=self.gradient)
         self.stats, self.last_times = sol.stats, t
+        self.last_batch_size = (x[0] if isinstance(x, tuple) else x).shape[0]
         values = sol.values
         if self.return_all:
             return values

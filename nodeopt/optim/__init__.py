@@ -1,6 +1,7 @@
 """Layer 4: second-order training of neural ODEs."""
 
 from .capture import CurvatureCapture
+from .integration_time import IntegrationTimeOptimizer
 from .snopt import SNOpt
 
-__all__ = ["SNOpt", "CurvatureCapture"]
+__all__ = ["SNOpt", "CurvatureCapture", "IntegrationTimeOptimizer"]
