@@ -13,7 +13,9 @@ Every ``update_freq`` iterations (the first included) the forward and backward
 pass run inside a :class:`~nodeopt.optim.capture.CurvatureCapture`, which
 gathers Kronecker factors of each ``Linear``/``Conv2d`` layer along the
 backward pass of whatever gradient method the ODE uses; ``step()`` then
-refreshes the eigenbases. On every iteration ``step()`` replaces each layer's
+refreshes the eigenbases (under ``torch.distributed`` the factors are first
+averaged over the ranks, so every rank preconditions with the same bases).
+On every iteration ``step()`` replaces each layer's
 gradient by its EKFAC-preconditioned version (see ``kfac.py``) and bounds the
 whole step: if ``Σ ⟨∇_nat, ∇⟩`` (the squared length of the step in the Fisher
 metric, per unit learning rate) exceeds ``max_step``, all preconditioned
@@ -149,7 +151,7 @@ class SNOpt(torch.optim.Optimizer):
             factors = sums.factors()
             if factors is None:
                 continue
-            a, g = factors
+            a, g = _average_across_ranks(*factors)
             e_a, q_a = kfac.eigenbasis(a)
             e_g, q_g = kfac.eigenbasis(g)
             state = self.state[layer.weight]
@@ -169,6 +171,17 @@ class SNOpt(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         self.iteration = int(state_dict.pop("iteration", 0))
         super().load_state_dict(state_dict)
+
+
+def _average_across_ranks(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under ``torch.distributed``, every rank's factors become the mean over ranks (same bases everywhere)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return a, g
+    both = torch.cat([a.reshape(-1), g.reshape(-1)])
+    dist.all_reduce(both)
+    both /= dist.get_world_size()
+    return both[:a.numel()].reshape(a.shape), both[a.numel():].reshape(g.shape)
 
 
 def _check(name: str, value, ok, what: str) -> None:
