@@ -7,12 +7,12 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
 .PHONY: test demo bench install clean
+BENCH_STAMP := $(VENV)/.installed-bench
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[test]' $(TORCH)
 	touch $(STAMP)
@@ -23,8 +23,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]' $(TORCH)
+	touch $(BENCH_STAMP)
+
+# The full benchmark suite (tens of minutes); results go to benchmarks/RESULTS.md by hand.
+bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.solvers
+	$(PY) -m benchmarks.gradients
+	$(PY) -m benchmarks.optimizers
 
 clean:
 	rm -rf $(VENV) build *.egg-info
