@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python -m benchmarks.solvers            # full run (a few minutes on 2 CPU cores)
-    python -m benchmarks.solvers --quick    # smoke mode (well under a minute)
+    python -m benchmarks.solvers --quick    # smoke mode (about a minute)
 
 Options: ``--out PATH`` (JSON, default ``benchmarks/out/solvers.json``),
 ``--threads N`` (torch intra-op threads, default 1, applied to both libraries),
@@ -26,8 +26,12 @@ Two parts:
    ``torch.no_grad``, forward with autograd on, and forward + backward. Each
    round times nodeopt, torchdiffeq and the bare function evaluations (the MLP
    called ``nfe`` times) back to back; the order alternates between rounds.
-   Medians over the rounds, and the median of the per-round ratios, are
-   reported; ``loop overhead = total - nfe x (time of one evaluation)``.
+   Medians over the rounds, and the median (and quartiles) of the per-round
+   ratios, are reported; ``loop overhead = total - nfe x (time of one
+   evaluation)``. As cross-checks of the overhead: the time outside ``func``
+   inside the same solves (a timing wrapper around the MLP), and the same
+   solve with a trivial linear field on the same state, where the loop is
+   nearly all there is.
 
 Everything printed is also written to the JSON file, with the raw samples.
 """
@@ -42,6 +46,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -215,6 +220,7 @@ def bench_methods(quick: bool) -> list[dict]:
     tols = (1e-4, 1e-6) if quick else (1e-4, 1e-6, 1e-8)
     steps = (0.1, 0.01) if quick else (0.1, 0.01, 0.001)
     budget, lo, hi = (0.2, 1, 3) if quick else (1.0, 3, 9)
+    skip_steps = SKIP_STEPS // 10 if quick else SKIP_STEPS
 
     settings = [(m, "tol", tol) for m in ADAPTIVE for tol in tols] + [(m, "h", h) for m in FIXED for h in steps]
     rows = []
@@ -229,7 +235,7 @@ def bench_methods(quick: bool) -> list[dict]:
             if prev is not None:
                 order = nodeopt.solvers.get_method(method).tableau.error_order
                 guess = _predicted_steps(prev[1], prev[0], value, order)
-                if guess > SKIP_STEPS:
+                if guess > skip_steps:
                     row["skipped"] = f"~{guess:.1e} steps predicted"
                     rows.append(row)
                     _print_method_row(row)
@@ -408,8 +414,7 @@ def bench_overhead(quick: bool) -> dict:
                 field(t[0], y0)
 
     def fn_forward():
-        for _ in range(n_eval):
-            field(t[0], y_leaf)
+        return [field(t[0], y_leaf) for _ in range(n_eval)]  # graphs held until the end, as in a solve
 
     def fn_backward():
         outs = [field(t[0], y_leaf) for _ in range(n_eval)]
@@ -439,7 +444,8 @@ def bench_overhead(quick: bool) -> dict:
         samples = interleaved({"nodeopt": fa, "torchdiffeq": fb, "function": ff}, repeats=repeats, warmup=warmup)
         ratios = [a / b for a, b in zip(samples["nodeopt"], samples["torchdiffeq"])]
         per_eval = median(samples["function"]) / n_eval
-        entry = {"ratio_median_of_pairs": median(ratios),
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        entry = {"ratio_median_of_pairs": median(ratios), "ratio_quartiles": [q1, q3],
                  "ratio_of_medians": median(samples["nodeopt"]) / median(samples["torchdiffeq"]),
                  "function_time_per_eval_s": per_eval, "samples_s": samples}
         for lib in ("nodeopt", "torchdiffeq"):
@@ -481,7 +487,7 @@ def bench_overhead(quick: bool) -> dict:
 def overhead_markdown(res: dict) -> str:
     c = res["counts"]
     lines = [
-        "| mode | nodeopt ms | torchdiffeq ms | ratio nodeopt/td | per eval µs (nodeopt / td) "
+        "| mode | nodeopt ms | torchdiffeq ms | ratio nodeopt/td (quartiles) | per eval µs (nodeopt / td) "
         "| MLP alone µs/eval | loop overhead nodeopt ms (µs/step) | loop overhead td ms (µs/step) "
         "| in-solve overhead µs/step (nodeopt / td) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -491,7 +497,8 @@ def overhead_markdown(res: dict) -> str:
         ins_cell = "—" if ins is None else (f"{ins['nodeopt']['overhead_per_step_s'] * 1e6:.0f} / "
                                             f"{ins['torchdiffeq']['overhead_per_step_s'] * 1e6:.0f}")
         lines.append(
-            f"| {mode} | {a['time_s'] * 1e3:.1f} | {b['time_s'] * 1e3:.1f} | **{e['ratio_median_of_pairs']:.3f}** | "
+            f"| {mode} | {a['time_s'] * 1e3:.1f} | {b['time_s'] * 1e3:.1f} | **{e['ratio_median_of_pairs']:.3f}** "
+            f"({e['ratio_quartiles'][0]:.2f}–{e['ratio_quartiles'][1]:.2f}) | "
             f"{a['time_per_eval_s'] * 1e6:.0f} / {b['time_per_eval_s'] * 1e6:.0f} | "
             f"{e['function_time_per_eval_s'] * 1e6:.0f} | "
             f"{a['overhead_s'] * 1e3:.1f} ({a['overhead_per_step_s'] * 1e6:.0f}) | "
@@ -517,8 +524,21 @@ def overhead_markdown(res: dict) -> str:
 # ---- driver -------------------------------------------------------------------------------------------
 
 
+def _git(*args: str) -> Optional[str]:
+    """Read-only git queries (which code was measured); None outside a checkout."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent.parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def environment(threads: int) -> dict:
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--", "nodeopt")
+    return {"git_commit": commit, "nodeopt_uncommitted_changes": bool(dirty) if dirty is not None else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m benchmarks.solvers " + " ".join(sys.argv[1:]),
             "python": platform.python_version(), "torch": torch.__version__, "nodeopt": nodeopt.__version__,
             "torchdiffeq": getattr(torchdiffeq, "__version__", None), "platform": platform.platform(),
@@ -535,7 +555,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     env = environment(args.threads)
-    print(f"nodeopt {env['nodeopt']} vs torchdiffeq {env['torchdiffeq']}; torch {env['torch']}, "
+    print(f"nodeopt {env['nodeopt']} (commit {env['git_commit']}"
+          f"{', nodeopt/ modified' if env['nodeopt_uncommitted_changes'] else ''}) vs torchdiffeq "
+          f"{env['torchdiffeq']}; torch {env['torch']}, "
           f"{env['cpu_count']} CPUs, torch threads {args.threads}{', quick mode' if args.quick else ''}", flush=True)
     if torchdiffeq is None:
         print("  torchdiffeq is not installed: its columns stay empty and the overhead part is skipped")

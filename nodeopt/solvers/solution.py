@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Union
 
 import torch
-
-from .loop import Trajectory
 
 
 @dataclass
@@ -41,10 +39,8 @@ class Solution:
             of such for a tuple state), exactly what ``odeint`` returns.
         times: the output times ``t``.
         stats: function evaluations and steps, forward and backward.
-        trajectory: the accepted steps, when the gradient method recorded them.
     """
 
     values: Union[torch.Tensor, tuple[torch.Tensor, ...]]
     times: torch.Tensor
     stats: Stats = field(default_factory=Stats)
-    trajectory: Optional[Trajectory] = None
