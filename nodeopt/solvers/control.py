@@ -116,9 +116,10 @@ class IController:
     """torchdiffeq's rule: ``factor = clip(safety · r^(-1/k), lo, ifactor)``.
 
     ``lo`` is one on accepted steps (they never shrink) and ``dfactor`` on
-    rejected ones. This is the rule of torchdiffeq 0.2's adaptive solvers, so
-    step counts come out close to torchdiffeq's (not identical: the starting
-    step and the last step, which nodeopt ends on ``t[-1]``, differ).
+    rejected ones. This is the rule of torchdiffeq 0.2's adaptive solvers:
+    with it, dopri5 takes the same steps as torchdiffeq's (same starting step,
+    same embedded error estimate), except that nodeopt ends its last step on
+    ``t[-1]`` where torchdiffeq steps past it and interpolates.
     """
 
     safety: float = 0.9
@@ -147,8 +148,10 @@ def initial_step(f: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, ord
 
     ``d0 = ‖y0/sc‖``, ``d1 = ‖f0/sc‖``; ``h0 = 0.01 d0/d1``; one explicit Euler
     step gives ``d2 = ‖(f(t0+h0, y0+h0 f0) - f0)/sc‖ / h0``; then
-    ``h1 = (0.01 / max(d1, d2))^(1/(p+1))`` and ``h = min(100 h0, h1, span)``,
-    where ``sc = atol + rtol |y0|`` is inside ``norm``.
+    ``h1 = (0.01 / max(d1, d2))^(1/(q+1))`` and ``h = min(100 h0, h1, span)``,
+    where ``sc = atol + rtol |y0|`` is inside ``norm`` and ``q = order`` is the
+    order of the local error estimate's leading term minus one (``q = 4`` for
+    dopri5, as in Hairer's DOPRI5 code and SciPy).
     """
     with torch.no_grad():
         d0 = norm(y0)

@@ -120,7 +120,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         raise _nonfinite_error(f"at the initial state (t={sign * t0:g})")
     if first_step is None:
         scale = error_norm.initial_scale(y0)
-        h = initial_step(f, t, y, k1, tableau.order, lambda x: error_norm.reduce(x / scale), t_end - t0)
+        h = initial_step(f, t, y, k1, tableau.control_order - 1, lambda x: error_norm.reduce(x / scale), t_end - t0)
     else:
         h = min(first_step, t_end - t0)
     memory = controller.initial_memory()

@@ -50,7 +50,10 @@ class RungeKutta:
 # ---- adaptive pairs -----------------------------------------------------------
 
 _DOPRI5_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
-_DOPRI5_B_HAT = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+# The embedded fourth-order weights torchdiffeq uses (Shampine 1986) rather than
+# Hairer's 5179/57600, ...: both are fourth order; these make the step sequence
+# under controller="i" identical to torchdiffeq's dopri5.
+_DOPRI5_B_HAT = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60)
 
 
 def _minus(b, b_hat):
