@@ -37,10 +37,12 @@ class ErrorNorm:
         self.norm = norm
 
     def scaled(self, y0: torch.Tensor, y1: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        """``err / (atol + rtol · max(|y0|, |y1|))``, in place on ``err``'s own buffer."""
         tol = torch.maximum(y0.abs(), y1.abs()).mul_(self.rtol).add_(self.atol)
-        return err / tol
+        return err.div_(tol)
 
     def __call__(self, y0: torch.Tensor, y1: torch.Tensor, err: torch.Tensor) -> float:
+        """The error ratio of a step; consumes ``err`` (a fresh tensor made without a graph)."""
         with torch.no_grad():
             return self.reduce(self.scaled(y0, y1, err))
 

@@ -146,7 +146,8 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         # A step ending on a discontinuity evaluates its last stages just before it.
         t1_eval = math.nextafter(t1, -math.inf) if hits and target in jumps else t1
         y1, ks = rk_step(f, tableau, t, h_try, t1_eval, y, k1)
-        ratio = error_norm(y, y1, rk_error(tableau, h_try, ks))
+        with torch.no_grad():  # step sizes are constants of the solve: no graph for the estimate
+            ratio = error_norm(y, y1, rk_error(tableau, h_try, ks))
         nonfinite = not math.isfinite(ratio)
         if nonfinite:
             if not bool(torch.isfinite(k1).all()):

@@ -87,7 +87,7 @@ class Dynamics:
 
     def time(self, s: float) -> torch.Tensor:
         """The user's time for the loop's time ``s``, as a scalar tensor."""
-        return torch.tensor(self.sign * s, dtype=self.time_dtype, device=self.spec.device)
+        return torch.scalar_tensor(self.sign * s, dtype=self.time_dtype, device=self.spec.device)
 
     def __call__(self, s: float, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
