@@ -367,7 +367,7 @@ def make_optimisers(model: nn.Module, opt: str, lr: float, *, max_step=DEFAULT, 
 def close_capture(precond: Optional[SNOpt]) -> None:
     """After an exception inside an iteration, close SNOpt's open curvature capture (hooks + listening)."""
     if precond is not None and getattr(precond, "_capture", None) is not None:
-        precond._close_capture()
+        precond.end_capture()
 
 
 def safe_evaluate(task: Task, model: nn.Module) -> float:

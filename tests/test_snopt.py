@@ -212,6 +212,16 @@ def test_hooks_live_only_during_a_refresh_iteration():
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def test_end_capture_cleans_up_after_a_failed_refresh_iteration():
+    model = _classifier("symplectic")
+    pre = SNOpt(model, full_precond=True)
+    pre.train_itr_setup()
+    assert nodeopt.gradients.observe.is_listening()
+    pre.end_capture()  # e.g. the solver raised between train_itr_setup() and step()
+    assert not nodeopt.gradients.observe.is_listening()
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 def test_state_dict_round_trip_reproduces_the_next_step():
     x, y = _data()
     model = _classifier("symplectic")

@@ -112,7 +112,7 @@ class SNOpt(torch.optim.Optimizer):
 
     def train_itr_setup(self) -> None:
         """Call before the forward pass: on refresh iterations, start gathering curvature."""
-        self._close_capture()
+        self.end_capture()
         if self.refresh_iteration:
             self._capture = self.new_capture().__enter__()
 
@@ -121,7 +121,7 @@ class SNOpt(torch.optim.Optimizer):
         """Refresh the bases if curvature was gathered, then precondition every layer's gradient."""
         loss = closure() if closure is not None else None
         capture = self._capture
-        self._close_capture()
+        self.end_capture()
         if capture is not None:
             self._refresh(capture)
         pairs = []
@@ -157,7 +157,12 @@ class SNOpt(torch.optim.Optimizer):
             state = self.state[layer.weight]
             state.update(q_a=q_a, q_g=q_g, m2=torch.outer(e_g, e_a) * sums.locations, batch_size=sums.batch_size)
 
-    def _close_capture(self) -> None:
+    def end_capture(self) -> None:
+        """Stop gathering curvature now: remove the hooks and stop listening.
+
+        ``step()`` does this itself; call it when an iteration fails between
+        ``train_itr_setup()`` and ``step()`` (e.g. the solver raised).
+        """
         if self._capture is not None:
             self._capture.__exit__(None, None, None)
             self._capture = None
