@@ -99,6 +99,8 @@ from torch import nn
 
 import nodeopt
 
+from .machine import cpu_name
+
 try:
     import torchdiffeq
 except ImportError:  # nodeopt's side still runs without it
@@ -688,12 +690,7 @@ def check_targets(results: dict) -> list[str]:
 
 
 def environment() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "python": platform.python_version(), "torch": torch.__version__,
             "torchdiffeq": getattr(torchdiffeq, "__version__", None), "nodeopt": nodeopt.__version__,

@@ -113,6 +113,8 @@ from nodeopt.nn import CNF, ODEBlock
 from nodeopt.optim import SNOpt
 from nodeopt.optim import capture as snopt_capture
 
+from .machine import cpu_name
+
 # ---- settings -------------------------------------------------------------------
 
 EPS, ALPHA, UPDATE_FREQ = 0.05, 0.75, 20
@@ -881,12 +883,7 @@ def _fmt(x):
 
 
 def environment() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "python": platform.python_version(), "torch": torch.__version__, "nodeopt": nodeopt.__version__,
             "cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
