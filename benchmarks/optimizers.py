@@ -118,6 +118,7 @@ from .machine import cpu_name
 # ---- settings -------------------------------------------------------------------
 
 EPS, ALPHA, UPDATE_FREQ = 0.05, 0.75, 20
+PASS_LR = False                # --pass-lr: SNOpt(lr=...) scales its step bound with the learning rate
 MOMENTUM = 0.9
 DIVERGE_FACTOR = 10.0
 DEFAULT = "default"            # max_step left at SNOpt's default
@@ -358,6 +359,8 @@ def make_optimisers(model: nn.Module, opt: str, lr: float, *, max_step=DEFAULT, 
     precond = None
     if opt == "snopt":
         kwargs = {} if max_step == DEFAULT else {"max_step": max_step}
+        if PASS_LR:
+            kwargs["lr"] = lr
         precond = SNOpt(model, eps=EPS, update_freq=update_freq, alpha=ALPHA, **kwargs)
     if opt == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -931,9 +934,13 @@ def main(argv=None) -> int:
                         "sweep,overhead,stability")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/out/optimizers.json)")
+    parser.add_argument("--pass-lr", action="store_true",
+                        help="give SNOpt the base optimiser's lr, so its step bound scales as (0.02/lr)^2")
     parser.add_argument("--figures", default=None, help="directory for PNG plots (default benchmarks/figures; "
                         "none with --quick unless given)")
     args = parser.parse_args(argv)
+    global PASS_LR
+    PASS_LR = args.pass_lr
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [t for t in names if t not in TASK_CLASSES] + [p for p in parts if p not in ("sweep", "overhead", "stability")]

@@ -265,7 +265,26 @@ def test_step_bound_shrinks_the_step_to_max_step_in_the_fisher_metric():
     assert nu ** 2 * size == pytest.approx(1e-6, rel=1e-9)
 
 
+def test_with_the_learning_rate_the_bound_caps_the_step_actually_taken():
+    # lr² · ν² ⟨∇_nat, ∇⟩ (the Fisher length of the step the optimiser takes) ≤ max_step · 0.02²
+    x, y = _data()
+    steps, raws = [], []
+    for kwargs in (dict(max_step=None), dict(max_step=1e-4, lr=0.2)):
+        model = _classifier("symplectic")
+        pre = SNOpt(model, full_precond=True, **kwargs)
+        pre.train_itr_setup()
+        F.cross_entropy(model(x), y).backward()
+        raws.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]).clone())
+        pre.step()
+        steps.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]))
+    size = float(steps[0] @ raws[0])
+    assert size > 1e-4 * (0.02 / 0.2) ** 2  # the bound is active
+    nu = float(steps[1] @ raws[1]) / size
+    assert 0.2 ** 2 * nu ** 2 * size == pytest.approx(1e-4 * 0.02 ** 2, rel=1e-9)
+
+
 @pytest.mark.parametrize("kwargs,match", [
+    (dict(lr=-0.1), "lr must be the base optimiser's positive learning rate"),
     (dict(eps=0.0), "eps must be a positive number"),
     (dict(update_freq=0), "update_freq must be a whole number"),
     (dict(update_freq=2.5), "update_freq must be a whole number"),

@@ -18,9 +18,12 @@ averaged over the ranks, so every rank preconditions with the same bases).
 On every iteration ``step()`` replaces each layer's
 gradient by its EKFAC-preconditioned version (see ``kfac.py``) and bounds the
 whole step: if ``Σ ⟨∇_nat, ∇⟩`` (the squared length of the step in the Fisher
-metric, per unit learning rate) exceeds ``max_step``, all preconditioned
-gradients are scaled by ``sqrt(max_step / Σ ⟨∇_nat, ∇⟩)``, as K-FAC's KL
-clipping does (Ba, Grosse & Martens 2017).
+metric, per unit learning rate) exceeds the bound ``c``, all preconditioned
+gradients are scaled by ``sqrt(c / Σ ⟨∇_nat, ∇⟩)``, as K-FAC's KL clipping does
+(Ba, Grosse & Martens 2017). ``c = max_step``, or, when the base optimiser's
+learning rate ``lr`` is given, ``c = max_step · (0.02 / lr)²``: then the bound
+caps the step actually taken, ``lr² Σ ⟨∇_nat, ∇⟩ ≤ max_step · 0.02²``, with the
+default calibrated at the paper's learning rate 0.02.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from . import kfac
 from .capture import CurvatureCapture
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
+REFERENCE_LR = 0.02  # the learning rate at which max_step is calibrated (the paper's)
 
 
 def ode_layers_of(model: nn.Module) -> list[nn.Module]:
@@ -59,9 +63,11 @@ class SNOpt(torch.optim.Optimizer):
         full_precond: also precondition layers outside the ODEs (ordinary K-FAC).
         snopt_step_size: ``Δ``, the scale of the ODE layers' gradient samples
             (the original's sampling step; 0.01 suits ``t ∈ [0, 1]``).
-        max_step: bound on ``Σ ⟨∇_nat, ∇⟩`` per step (None: unbounded, as the
-            original). The default keeps training stable at the paper's
-            learning rates on small problems where the original diverges.
+        max_step: bound on ``Σ ⟨∇_nat, ∇⟩`` per step at the learning rate 0.02
+            (None: unbounded, as the original).
+        lr: the base optimiser's learning rate. Pass it: the bound then scales
+            as ``(0.02 / lr)²`` so that it limits the step the optimiser takes
+            (without it, large learning rates can still diverge).
         ode_layers: the layers inside ODEs; by default those inside any
             ``nodeopt.nn.ODEBlock`` of ``model``.
 
@@ -71,7 +77,7 @@ class SNOpt(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, eps: float = 0.05, update_freq: int = 100, alpha: float = 0.75,
                  full_precond: bool = False, *, snopt_step_size: float = 0.01, max_step: Optional[float] = 1.0,
-                 ode_layers: Optional[Iterable[nn.Module]] = None):
+                 lr: Optional[float] = None, ode_layers: Optional[Iterable[nn.Module]] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"SNOpt needs the model (an nn.Module), got {type(model).__name__}; pass the network "
                             f"itself, not model.parameters()")
@@ -81,6 +87,8 @@ class SNOpt(torch.optim.Optimizer):
         _check("snopt_step_size", snopt_step_size, lambda v: v > 0, "a positive number")
         if max_step is not None:
             _check("max_step", max_step, lambda v: v > 0, "a positive number, or None for no bound")
+        if lr is not None:
+            _check("lr", lr, lambda v: v > 0, "the base optimiser's positive learning rate")
         ode = list(ode_layers) if ode_layers is not None else ode_layers_of(model)
         others = [m for m in model.modules() if isinstance(m, LAYER_TYPES) and m not in ode]
         layers = ode + (others if full_precond else [])
@@ -94,6 +102,7 @@ class SNOpt(torch.optim.Optimizer):
         self.update_freq = int(update_freq)
         self.snopt_step_size = float(snopt_step_size)
         self.max_step = max_step
+        self.lr = lr
         self.full_precond = full_precond
         self.iteration = 0
         self._capture: Optional[CurvatureCapture] = None
@@ -139,11 +148,19 @@ class SNOpt(torch.optim.Optimizer):
         self.iteration += 1
         return loss
 
+    @property
+    def step_bound(self) -> Optional[float]:
+        """The bound ``c`` on ``Σ ⟨∇_nat, ∇⟩`` (see the module docstring); None when unbounded."""
+        if self.max_step is None:
+            return None
+        return self.max_step if self.lr is None else self.max_step * (REFERENCE_LR / self.lr) ** 2
+
     def _step_scale(self, pairs) -> float:
-        if self.max_step is None or not pairs:
+        bound = self.step_bound
+        if bound is None or not pairs:
             return 1.0
         size = sum(float((nat * grad).sum()) for _, grad, nat in pairs)
-        return 1.0 if size <= self.max_step else math.sqrt(self.max_step / size)
+        return 1.0 if size <= bound else math.sqrt(bound / size)
 
     def _refresh(self, capture: CurvatureCapture) -> None:
         for layer in self.layers:
