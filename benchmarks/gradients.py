@@ -522,7 +522,7 @@ def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, l
         for m in methods:
             res[m.key]["grad_err_ref"] = rel_err(grads[m.key], refg["grad"])
         extra["reference"] = {"tols": refg["tols"], "runs": refg["runs"]}
-        log(f"  float64 reference: " + ", ".join(f"tol {k}: {r['n_steps']} steps, {r['time']:.1f} s, "
+        log("  float64 reference: " + ", ".join(f"tol {k}: {r['n_steps']} steps, {r['time']:.1f} s, "
                                                  f"{r['rel_diff_to_tightest']:.1e} from the tightest"
                                                  for k, r in refg["runs"].items()))
     del grads

@@ -118,7 +118,6 @@ class ODEBlock(nn.Module):
         self.block = _Block(odefunc, t1=float(ts[-1]), t0=float(ts[0]), rtol=kwargs.get("rtol", opt.tol),
                             atol=kwargs.get("atol", opt.tol), method=kwargs.get("method", opt.ode_solver),
                             return_all=True)
-        self.block.gradient = None  # the solve goes through odesolve below
         if opt.get("use_adaptive_t1", False):
             self.t1_optim = _TimeOptimizer(self.block, method=opt.adaptive_t1, t1_lr=opt.t1_lr, t1_reg=opt.t1_reg,
                                            t1_update_freq=opt.t1_update_freq)
@@ -140,11 +139,10 @@ class ODEBlock(nn.Module):
         self.odefunc.nfe = value
 
     def forward(self, x, ts=None):
-        b = self.block
-        t = b.times if ts is None else torch.as_tensor(ts, dtype=torch.float64)
-        t = t.detach().clone().requires_grad_(b.track_time_gradient and self.training)
+        b = self.block  # holds the times and tolerances; the solve itself goes through odesolve
+        t = b.solve_times(ts)
         out = self.odesolve(self.odefunc, x, t, rtol=b.rtol, atol=b.atol, method=b.method)
-        b.last_times, b.last_batch_size = t, (x[0] if isinstance(x, tuple) else x).shape[0]
+        b.remember(x, t)
         if self.training and hasattr(self, "t1_optim"):
             self._params_before = self.t1_optim.flat_parameters()
         if self.is_clf_problem:

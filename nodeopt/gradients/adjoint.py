@@ -79,12 +79,9 @@ class _AugmentedDynamics:
         y, lam = state[0], state[1]
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            if observe.is_listening():
-                # Each evaluation of the backward solve is one sample of the trajectory,
-                # its cotangent is the adjoint state itself.
-                with observe.stage(self.sign * float(s), 1.0, 1.0):
-                    fy = self.f(float(s), y)
-            else:
+            # Each evaluation of the backward solve is one sample of the trajectory,
+            # its cotangent is the adjoint state itself.
+            with observe.announce(self.sign * float(s), 1.0, 1.0):
                 fy = self.f(float(s), y)
             grads = torch.autograd.grad(fy, (y,) + self.params, -lam, allow_unused=True)
         self.stats.nvjp_backward += 1

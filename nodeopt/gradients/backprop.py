@@ -35,6 +35,7 @@ class Backprop(GradientMethod):
             # evaluated; the one-checkpoint replay knows it and differentiates the
             # same discrete map, so the gradient is unchanged.
             return OneCheckpoint().solve(problem, params, stats)
+
         def count(output: torch.Tensor) -> None:
             def hook(grad: torch.Tensor) -> None:
                 stats.nvjp_backward += 1

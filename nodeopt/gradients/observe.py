@@ -73,6 +73,13 @@ def stage(t: float, weight: float, scale: float) -> Iterator[None]:
         _current.reset(token)
 
 
+def announce(t: float, weight: float, scale: float) -> contextlib.AbstractContextManager:
+    """``stage(t, weight, scale)`` when someone listens and the weight is non-zero, else a no-op."""
+    if weight == 0.0 or not is_listening():
+        return contextlib.nullcontext()
+    return stage(t, weight, scale)
+
+
 @contextlib.contextmanager
 def muted() -> Iterator[None]:
     """Gradients computed inside the block are not part of the training backward pass.

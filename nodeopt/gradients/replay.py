@@ -48,10 +48,7 @@ class BackwardContext:
         """
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            if self.announcer is not None and hb != 0.0:
-                with observe.stage(self.sign * t, abs(hb), hb):
-                    out = self.f(t, y)
-            else:
+            with observe.announce(self.sign * t, abs(hb), hb):
                 out = self.f(t, y)
             grads = torch.autograd.grad(out, (y,) + self.params, v, allow_unused=True)
         self.stats.nvjp_backward += 1
@@ -98,9 +95,7 @@ class StageAnnouncer:
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         i, self.calls = self.calls, self.calls + 1
         hb = self.h * self.b[i] if i < len(self.b) else 0.0
-        if hb == 0.0:
-            return self.f(t, y)
-        with observe.stage(self.sign * t, abs(hb), hb):
+        with observe.announce(self.sign * t, abs(hb), hb):
             return self.f(t, y)
 
 

@@ -53,13 +53,22 @@ class ODEBlock(nn.Module):
             raise ValueError(f"t1 must be greater than t0={float(self.times[0])}, got {value}")
         self.times[-1] = float(value)
 
-    def forward(self, x, times: Optional[torch.Tensor] = None):
+    def solve_times(self, times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The times of the next solve: a fresh leaf that requires grad while ``t1`` is being optimised."""
         t = self.times if times is None else torch.as_tensor(times, dtype=torch.float64)
-        t = t.detach().clone().requires_grad_(self.track_time_gradient and self.training)
+        return t.detach().clone().requires_grad_(self.track_time_gradient and self.training)
+
+    def remember(self, x, t: torch.Tensor) -> None:
+        """Keep what the integration-time optimiser reads after backward: the times and the batch size."""
+        self.last_times = t
+        self.last_batch_size = (x[0] if isinstance(x, tuple) else x).shape[0]
+
+    def forward(self, x, times: Optional[torch.Tensor] = None):
+        t = self.solve_times(times)
         sol = solve(self.func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options,
                     gradient=self.gradient)
-        self.stats, self.last_times = sol.stats, t
-        self.last_batch_size = (x[0] if isinstance(x, tuple) else x).shape[0]
+        self.stats = sol.stats
+        self.remember(x, t)
         values = sol.values
         if self.return_all:
             return values

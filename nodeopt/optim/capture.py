@@ -77,10 +77,6 @@ class CurvatureCapture:
         self._handles: list = []
         self._listening = None
 
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
     def __enter__(self) -> "CurvatureCapture":
         self._handles = [layer.register_forward_hook(self._forward_hook) for layer in self.layers]
         self._listening = observe.listening()
