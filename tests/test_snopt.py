@@ -61,6 +61,27 @@ def test_conv_factors_equal_sums_over_explicit_patches(stride, padding):
                           torch.einsum("np,nq->pq", torch.stack(grads), torch.stack(patches)), atol=1e-10)
 
 
+def test_input_factor_subsets_are_evenly_spaced_samples_that_together_give_the_full_factor():
+    # 8 samples × 4×4 output locations = 128 columns; at most 32 → every 4th sample, offset chosen per evaluation.
+    layer = nn.Conv2d(2, 3, kernel_size=3, padding=1).double()
+    x = torch.randn(8, 2, 4, 4, dtype=DT, generator=_gen(4))
+    g = torch.randn(8, 3, 4, 4, dtype=DT, generator=_gen(5))
+    subsets = [kfac.sample_subset(layer, x, g, 32, offset) for offset in range(4)]
+    for offset, sub in enumerate(subsets):
+        assert torch.equal(sub, x[[offset, offset + 4]])
+    assert torch.equal(kfac.sample_subset(layer, x, g, 32, 5), subsets[1])
+    # Equal-sized disjoint subsets covering the batch: their factors average to the full one.
+    mean_a = sum(kfac.input_factor(layer, sub) for sub in subsets) / 4
+    assert torch.allclose(mean_a, kfac.input_factor(layer, x), atol=1e-12)
+    assert kfac.sample_subset(layer, x, g, 128, 3) is x
+    assert kfac.sample_subset(layer, x, g, None, 3) is x
+    # A limit below one sample's columns still keeps one sample per evaluation.
+    assert kfac.sample_subset(layer, x, g, 1, 2).shape[0] == 1
+    lin = nn.Linear(3, 2).double()
+    xl = torch.randn(10, 3, dtype=DT, generator=_gen(6))
+    assert torch.equal(kfac.sample_subset(lin, xl, torch.zeros(10, 2, dtype=DT), 4, 1), xl[1::3])
+
+
 def _random_spd(n, seed):
     m = torch.randn(n, n, dtype=DT, generator=_gen(seed))
     return m @ m.t() / n + 0.1 * torch.eye(n, dtype=DT)
@@ -283,8 +304,30 @@ def test_with_the_learning_rate_the_bound_caps_the_step_actually_taken():
     assert 0.2 ** 2 * nu ** 2 * size == pytest.approx(1e-4 * 0.02 ** 2, rel=1e-9)
 
 
+def test_the_learning_rate_may_be_a_function_read_at_every_step():
+    # Under a scheduler the bound follows the current lr; a bad value from the function is named.
+    x, y = _data()
+    current = {"lr": 0.2}
+    sizes = []
+    for lr in (0.2, lambda: current["lr"]):
+        model = _classifier("symplectic")
+        pre = SNOpt(model, full_precond=True, max_step=1e-4, lr=lr)
+        pre.train_itr_setup()
+        F.cross_entropy(model(x), y).backward()
+        pre.step()
+        sizes.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]))
+    assert torch.equal(sizes[0], sizes[1])
+    assert pre.step_bound == pytest.approx(1e-4 * (0.02 / 0.2) ** 2)
+    current["lr"] = 0.1
+    assert pre.step_bound == pytest.approx(1e-4 * (0.02 / 0.1) ** 2)
+    current["lr"] = 0.0
+    with pytest.raises(ValueError, match="lr must be a positive learning rate"):
+        pre.step_bound
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(lr=-0.1), "lr must be the base optimiser's positive learning rate"),
+    (dict(max_factor_columns=0), "max_factor_columns must be a whole number ≥ 1, or None"),
     (dict(eps=0.0), "eps must be a positive number"),
     (dict(update_freq=0), "update_freq must be a whole number"),
     (dict(update_freq=2.5), "update_freq must be a whole number"),

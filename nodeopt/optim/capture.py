@@ -40,8 +40,10 @@ class FactorSums:
         self.locations = 1
         self.batch_size = 1
 
-    def add(self, layer: nn.Module, x: torch.Tensor, g: torch.Tensor, weight: float) -> None:
-        a = kfac.input_factor(layer, x).mul_(weight)
+    def add(self, layer: nn.Module, x: torch.Tensor, g: torch.Tensor, weight: float,
+            max_columns: Optional[int] = None) -> None:
+        """Fold in one evaluation; ``A`` from at most ``max_columns`` input vectors (``kfac.sample_subset``)."""
+        a = kfac.input_factor(layer, kfac.sample_subset(layer, x, g, max_columns, self.samples)).mul_(weight)
         gg = kfac.output_factor(layer, g).mul_(weight)
         self.a_sum = a if self.a_sum is None else self.a_sum.add_(a)
         self.g_sum = gg if self.g_sum is None else self.g_sum.add_(gg)
@@ -66,13 +68,17 @@ class CurvatureCapture:
         other_layers: layers outside any ODE: ordinary K-FAC samples.
         step_size: ``Δ``, the scale of ODE layers' gradient samples
             (SNOpt's ``snopt_step_size``).
+        max_columns: the most input vectors (batch × spatial locations) per
+            evaluation that enter ``A``; larger batches are subsampled evenly,
+            a different subset at each evaluation. None: every sample.
     """
 
     def __init__(self, ode_layers: Iterable[nn.Module], other_layers: Iterable[nn.Module] = (),
-                 step_size: float = 0.01):
+                 step_size: float = 0.01, max_columns: Optional[int] = None):
         self.ode_layers = set(ode_layers)
         self.layers = list(self.ode_layers) + [m for m in other_layers if m not in self.ode_layers]
         self.step_size = step_size
+        self.max_columns = max_columns
         self.sums = {layer: FactorSums() for layer in self.layers}
         self._handles: list = []
         self._listening = None
@@ -103,10 +109,10 @@ class CurvatureCapture:
         else:
             weight, g_scale = 1.0, 1.0
         x = inputs[0].detach()
-        sums = self.sums[layer]
+        sums, max_columns = self.sums[layer], self.max_columns
 
         def on_gradient(g: torch.Tensor) -> None:
             if not observe.is_muted():
-                sums.add(layer, x, g.detach() * (x.shape[0] * g_scale), weight)
+                sums.add(layer, x, g.detach() * (x.shape[0] * g_scale), weight, max_columns)
 
         output.register_hook(on_gradient)

@@ -18,6 +18,9 @@ refreshed and ``B`` the batch size.
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +57,25 @@ def output_factor(layer: Layer, g: torch.Tensor) -> torch.Tensor:
     """``G = (1/n) Σ g gᵀ`` for gradients ``g`` already scaled by the batch size."""
     cols = output_columns(layer, g)
     return cols @ cols.t() / cols.shape[1]
+
+
+def sample_subset(layer: Layer, x: torch.Tensor, g: torch.Tensor, max_columns: Optional[int],
+                  offset: int = 0) -> torch.Tensor:
+    """An evenly spaced subset of the batch ``x`` whose input columns number at most ``max_columns``.
+
+    ``A``'s cost grows with the number of columns (batch × spatial locations ×
+    the patch size squared), so for convolutions it can exceed the layer's own
+    forward and backward many times over; a strided subset of whole samples
+    keeps it an unbiased estimate at a fraction of the cost. ``offset`` picks
+    which of the ``stride`` interleaved subsets is used (so that successive
+    evaluations cover the whole batch). ``None`` keeps every sample.
+    """
+    batch = x.shape[0]
+    per_sample = g[0].numel() // g.shape[1 if isinstance(layer, nn.Conv2d) else -1]
+    if max_columns is None or batch * per_sample <= max_columns:
+        return x
+    stride = math.ceil(batch * per_sample / max(max_columns, per_sample))
+    return x[offset % stride::stride]
 
 
 def locations(layer: Layer, g: torch.Tensor) -> int:

@@ -29,7 +29,7 @@ default calibrated at the paper's learning rate 0.02.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -65,9 +65,17 @@ class SNOpt(torch.optim.Optimizer):
             (the original's sampling step; 0.01 suits ``t ∈ [0, 1]``).
         max_step: bound on ``Σ ⟨∇_nat, ∇⟩`` per step at the learning rate 0.02
             (None: unbounded, as the original).
-        lr: the base optimiser's learning rate. Pass it: the bound then scales
-            as ``(0.02 / lr)²`` so that it limits the step the optimiser takes
+        lr: the base optimiser's learning rate, a number or a function
+            returning the current one (e.g. ``lambda: opt.param_groups[0]["lr"]``
+            under a scheduler). Pass it: the bound then scales as
+            ``(0.02 / lr)²`` so that it limits the step the optimiser takes
             (without it, large learning rates can still diverge).
+        max_factor_columns: the most input vectors (batch × spatial locations)
+            per evaluation that enter a layer's input factor ``A``; larger
+            batches are subsampled evenly, a different subset at each
+            evaluation. This keeps a refresh cheap for convolutions, whose
+            ``A`` would otherwise cost several times the layer itself. None:
+            every sample.
         ode_layers: the layers inside ODEs; by default those inside any
             ``nodeopt.nn.ODEBlock`` of ``model``.
 
@@ -77,7 +85,8 @@ class SNOpt(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, eps: float = 0.05, update_freq: int = 100, alpha: float = 0.75,
                  full_precond: bool = False, *, snopt_step_size: float = 0.01, max_step: Optional[float] = 1.0,
-                 lr: Optional[float] = None, ode_layers: Optional[Iterable[nn.Module]] = None):
+                 lr: Union[float, Callable[[], float], None] = None, max_factor_columns: Optional[int] = 1024,
+                 ode_layers: Optional[Iterable[nn.Module]] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"SNOpt needs the model (an nn.Module), got {type(model).__name__}; pass the network "
                             f"itself, not model.parameters()")
@@ -87,8 +96,12 @@ class SNOpt(torch.optim.Optimizer):
         _check("snopt_step_size", snopt_step_size, lambda v: v > 0, "a positive number")
         if max_step is not None:
             _check("max_step", max_step, lambda v: v > 0, "a positive number, or None for no bound")
-        if lr is not None:
-            _check("lr", lr, lambda v: v > 0, "the base optimiser's positive learning rate")
+        if lr is not None and not callable(lr):
+            _check("lr", lr, lambda v: v > 0, "the base optimiser's positive learning rate (or a function "
+                                              "returning it)")
+        if max_factor_columns is not None:
+            _check("max_factor_columns", max_factor_columns, lambda v: v >= 1 and float(v).is_integer(),
+                   "a whole number ≥ 1, or None to use every sample")
         ode = list(ode_layers) if ode_layers is not None else ode_layers_of(model)
         others = [m for m in model.modules() if isinstance(m, LAYER_TYPES) and m not in ode]
         layers = ode + (others if full_precond else [])
@@ -103,6 +116,7 @@ class SNOpt(torch.optim.Optimizer):
         self.snopt_step_size = float(snopt_step_size)
         self.max_step = max_step
         self.lr = lr
+        self.max_factor_columns = None if max_factor_columns is None else int(max_factor_columns)
         self.full_precond = full_precond
         self.iteration = 0
         self._capture: Optional[CurvatureCapture] = None
@@ -117,7 +131,7 @@ class SNOpt(torch.optim.Optimizer):
 
     def new_capture(self) -> CurvatureCapture:
         """A capture of this optimiser's layers (open it around a forward and backward pass)."""
-        return CurvatureCapture(self.ode_layers, self.other_layers, self.snopt_step_size)
+        return CurvatureCapture(self.ode_layers, self.other_layers, self.snopt_step_size, self.max_factor_columns)
 
     def train_itr_setup(self) -> None:
         """Call before the forward pass: on refresh iterations, start gathering curvature."""
@@ -153,7 +167,11 @@ class SNOpt(torch.optim.Optimizer):
         """The bound ``c`` on ``Σ ⟨∇_nat, ∇⟩`` (see the module docstring); None when unbounded."""
         if self.max_step is None:
             return None
-        return self.max_step if self.lr is None else self.max_step * (REFERENCE_LR / self.lr) ** 2
+        if self.lr is None:
+            return self.max_step
+        lr = self.lr() if callable(self.lr) else self.lr
+        _check("lr", lr, lambda v: v > 0, "a positive learning rate (the value returned by SNOpt's lr function)")
+        return self.max_step * (REFERENCE_LR / lr) ** 2
 
     def _step_scale(self, pairs) -> float:
         bound = self.step_bound
