@@ -19,11 +19,12 @@ optimiser starts from the same weights and sees the same batches.
 
 Optimisers (the ``lr`` grids are in ``TASKS`` below):
 
-* ``snopt``: ``SNOpt(model, eps=0.05, update_freq=20, alpha=0.75)`` (default
-  ``max_step``) wrapped around ``SGD(lr, momentum=0.9)``. ``update_freq=20``
-  rather than the library's 100 because the runs are 100-150 iterations long
-  (5-8 refreshes per run). Only the layers inside the ODE blocks are
-  preconditioned (``full_precond=False``, the default).
+* ``snopt``: ``SNOpt(model, eps=0.05, update_freq=20, alpha=0.75,
+  full_precond=True, max_step=4.0, lr=lr)`` wrapped around ``SGD(lr,
+  momentum=0.9)``. ``update_freq=20`` rather than the library's 100 because the
+  runs are 100-150 iterations long (5-8 refreshes per run). Every ``Linear`` and
+  ``Conv2d`` layer is preconditioned, inside the ODE and out; with ``lr`` given,
+  the bound caps the step actually taken, ``lr² Σ⟨∇_nat, ∇⟩ <= 4 · 0.02²``.
 * ``sgd``: ``SGD(lr, momentum=0.9)``.
 * ``adam``: ``Adam(lr)`` with PyTorch's defaults otherwise.
 
@@ -79,13 +80,10 @@ Parts:
   Then, in separate instrumented refresh iterations, the time spent gathering
   Kronecker factors (``FactorSums.add``) and refreshing the eigenbases.
 * ``stability``: the issue's check: ``digits``, SGD lr 0.02, eps 0.05, SNOpt with
-  ``max_step=None`` (unbounded, as the original code) against the default, over
-  the seeds, 100 iterations; plus other ``max_step`` values at lr 0.02 and
-  0.05 (one seed) to see which bound trains fastest; and, on ``timeseries`` at lr
-  0.1 and 0.2 (where the default diverged in a pilot), an lr-aware bound
-  ``max_step = 0.02**2 / lr**2`` (K-FAC's KL clipping bounds ``lr**2 * size``,
-  SNOpt's ``max_step`` bounds ``size`` alone), over the seeds. Identical runs are shared
-  with the sweep (the default-bound and SGD runs at lr 0.02 are the sweep's).
+  ``max_step=None`` (unbounded, as the original code) against the benchmark's
+  bound, over the seeds, 100 iterations; plus other ``max_step`` values at lr
+  0.02 and 0.1 (one seed) to see which bound trains fastest. Identical runs are
+  shared with the sweep (the bounded SNOpt and the SGD runs at lr 0.02 are the sweep's).
 
 At the end the issue's goals are checked and printed.
 """
@@ -117,24 +115,26 @@ from .machine import cpu_name
 
 # ---- settings -------------------------------------------------------------------
 
-EPS, ALPHA, UPDATE_FREQ = 0.05, 0.75, 20
-PASS_LR = False                # --pass-lr: SNOpt(lr=...) scales its step bound with the learning rate
-MOMENTUM = 0.9
+EPS, ALPHA, UPDATE_FREQ = 0.05, 0.75, 10
+FULL_PRECOND = True            # precondition every Linear/Conv2d layer, not only those inside the ODE
+MAX_STEP = 50.0                # SNOpt's step bound; given the lr it caps lr^2 <nat, grad> at 50 * 0.02^2 = 0.02
+SNOPT_MOMENTUM = 0.5           # momentum of the SGD that SNOpt wraps
+MOMENTUM = 0.9                 # momentum of plain SGD
 DIVERGE_FACTOR = 10.0
-DEFAULT = "default"            # max_step left at SNOpt's default
+DEFAULT = "default"            # max_step = MAX_STEP
 OPTIMISERS = ("snopt", "sgd", "adam")
 
 # Per task: iterations, evaluation interval, lr grids (full and --quick).
 TASKS = {
-    "digits": dict(iterations=100, eval_every=5,
-                   lrs={"snopt": [0.01, 0.02, 0.05, 0.1], "sgd": [0.01, 0.02, 0.05, 0.1],
+    "digits": dict(iterations=100, eval_every=1,
+                   lrs={"snopt": [0.02, 0.05, 0.1, 0.2], "sgd": [0.01, 0.02, 0.05, 0.1, 0.2],
                         "adam": [1e-3, 3e-3, 1e-2, 3e-2]},
                    quick=dict(iterations=12, eval_every=4, lrs={"snopt": [0.05], "sgd": [0.05], "adam": [3e-3]})),
-    "cnf2d": dict(iterations=100, eval_every=10,
-                  lrs={"snopt": [0.05, 0.1], "sgd": [0.05, 0.1], "adam": [3e-3, 1e-2]},
+    "cnf2d": dict(iterations=100, eval_every=2,
+                  lrs={"snopt": [0.05, 0.1, 0.2], "sgd": [0.05, 0.1], "adam": [3e-3, 1e-2]},
                   quick=dict(iterations=6, eval_every=3, lrs={"snopt": [0.05], "sgd": [0.05], "adam": [1e-2]})),
-    "timeseries": dict(iterations=150, eval_every=5,
-                       lrs={"snopt": [0.02, 0.05, 0.1, 0.2], "sgd": [0.02, 0.05, 0.1, 0.2],
+    "timeseries": dict(iterations=150, eval_every=1,
+                       lrs={"snopt": [0.02, 0.05, 0.1, 0.2, 0.5], "sgd": [0.02, 0.05, 0.1, 0.2, 0.5],
                             "adam": [1e-3, 3e-3, 1e-2]},
                        quick=dict(iterations=10, eval_every=5,
                                   lrs={"snopt": [0.05], "sgd": [0.05], "adam": [3e-3]})),
@@ -142,13 +142,9 @@ TASKS = {
 
 OVERHEAD = dict(rounds=30, warmup_iterations=30, warmup_lr=0.05, breakdown=5,
                 quick=dict(rounds=3, warmup_iterations=2, breakdown=1))
-STABILITY = dict(lr=0.02, iterations=100, max_steps=[None, DEFAULT],
-                 extra=[(0.02, [0.1, 10.0]), (0.05, [None, 10.0])],
-                 # An lr-aware bound (K-FAC's KL clipping caps lr^2 * size, SNOpt's max_step caps size): on the
-                 # task where the default diverged, max_step = KAPPA / lr^2 with KAPPA = 1.0 * 0.02^2, the cap
-                 # the default puts on the actual step at lr 0.02.
-                 kappa=1.0 * 0.02 ** 2, lr_scaled=("timeseries", [0.1, 0.2]),
-                 quick=dict(iterations=10, extra=[], lr_scaled=("timeseries", [])))
+STABILITY = dict(lr=0.02, momentum=0.9, iterations=100, max_steps=[None, DEFAULT],
+                 extra=[(0.02, [1.0]), (0.1, [None, 1.0])],
+                 quick=dict(iterations=10, extra=[]))
 
 
 def batch_stream(n: int, batch: int, gen: torch.Generator):
@@ -355,18 +351,24 @@ def instrument_step_scale(precond: SNOpt, log: list) -> None:
     precond._step_scale = wrapped
 
 
-def make_optimisers(model: nn.Module, opt: str, lr: float, *, max_step=DEFAULT, update_freq: int = UPDATE_FREQ):
+def make_optimisers(model: nn.Module, opt: str, lr: float, *, max_step=DEFAULT, update_freq: int = UPDATE_FREQ,
+                    momentum: Optional[float] = None):
     precond = None
     if opt == "snopt":
-        kwargs = {} if max_step == DEFAULT else {"max_step": max_step}
-        if PASS_LR:
-            kwargs["lr"] = lr
-        precond = SNOpt(model, eps=EPS, update_freq=update_freq, alpha=ALPHA, **kwargs)
+        precond = SNOpt(model, eps=EPS, update_freq=update_freq, alpha=ALPHA, full_precond=FULL_PRECOND,
+                        max_step=MAX_STEP if max_step == DEFAULT else max_step, lr=lr)
     if opt == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=default_momentum(opt, momentum))
     return precond, optimizer
+
+
+def default_momentum(opt: str, momentum: Optional[float]) -> Optional[float]:
+    """The SGD momentum of a run: as given, else SNOPT_MOMENTUM under SNOpt and MOMENTUM for SGD (None: Adam)."""
+    if opt == "adam":
+        return None
+    return momentum if momentum is not None else (SNOPT_MOMENTUM if opt == "snopt" else MOMENTUM)
 
 
 def close_capture(precond: Optional[SNOpt]) -> None:
@@ -383,19 +385,20 @@ def safe_evaluate(task: Task, model: nn.Module) -> float:
 
 
 def train(task: Task, opt: str, lr: float, seed: int, iterations: Optional[int] = None, *, max_step=DEFAULT,
-          update_freq: int = UPDATE_FREQ, log=print) -> dict:
+          update_freq: int = UPDATE_FREQ, momentum: Optional[float] = None, log=print) -> dict:
     iterations = task.iterations if iterations is None else iterations
     torch.manual_seed(seed)
     model = task.make_model()
     block = task.block(model)
     stream = batch_stream(task.n_train, task.batch, torch.Generator().manual_seed(1000 + seed))
-    precond, optimizer = make_optimisers(model, opt, lr, max_step=max_step, update_freq=update_freq)
+    precond, optimizer = make_optimisers(model, opt, lr, max_step=max_step, update_freq=update_freq,
+                                         momentum=momentum)
     steps: list = []
     if precond is not None:
         instrument_step_scale(precond, steps)
     rec = dict(task=task.name, opt=opt, lr=lr, seed=seed, iterations=iterations,
-               max_step=(None if opt != "snopt" else ("default" if max_step == DEFAULT else max_step)),
-               update_freq=update_freq if opt == "snopt" else None,
+               max_step=(None if opt != "snopt" else (MAX_STEP if max_step == DEFAULT else max_step)),
+               update_freq=update_freq if opt == "snopt" else None, momentum=default_momentum(opt, momentum),
                loss=[], wall=[], cpu=[], nfe=[], refresh=[], evals=[], diverged=False, reason=None)
     rec["evals"].append((0, 0.0, 0.0, safe_evaluate(task, model)))
     wall = cpu = 0.0
@@ -432,8 +435,8 @@ def train(task: Task, opt: str, lr: float, seed: int, iterations: Optional[int] 
             rec["diverged"] = True
             rec["reason"] = f"iteration {it}: loss {value:.4g} (first loss {first_loss:.4g})"
             break
-        # Every eval_every iterations until the target is reached, then every 4 * eval_every (cheaper).
-        every = task.eval_every * (4 if reached else 1)
+        # Every eval_every iterations until the target is reached, then every 10 * eval_every (cheaper).
+        every = task.eval_every * (10 if reached else 1)
         if (it + 1) % every == 0 or it + 1 == iterations:
             rec["evals"].append((it + 1, wall, cpu, safe_evaluate(task, model)))
             reached = reached or task.reached(rec["evals"][-1][3])
@@ -478,14 +481,20 @@ class RunCache:
     def __init__(self, tasks: dict[str, Task], log=print):
         self.tasks, self.runs, self.log = tasks, {}, log
 
+    def key(self, task: str, opt: str, lr: float, seed: int, iterations: Optional[int] = None, *,
+            max_step=DEFAULT, update_freq: int = UPDATE_FREQ, momentum: Optional[float] = None) -> tuple:
+        iterations = self.tasks[task].iterations if iterations is None else iterations
+        return (task, opt, lr, seed, iterations, max_step if opt == "snopt" else None,
+                update_freq if opt == "snopt" else None, default_momentum(opt, momentum))
+
     def get(self, task: str, opt: str, lr: float, seed: int, iterations: Optional[int] = None, *,
-            max_step=DEFAULT, update_freq: int = UPDATE_FREQ) -> dict:
+            max_step=DEFAULT, update_freq: int = UPDATE_FREQ, momentum: Optional[float] = None) -> dict:
+        key = self.key(task, opt, lr, seed, iterations, max_step=max_step, update_freq=update_freq, momentum=momentum)
         t = self.tasks[task]
-        iterations = t.iterations if iterations is None else iterations
-        key = (task, opt, lr, seed, iterations, max_step if opt == "snopt" else None,
-               update_freq if opt == "snopt" else None)
+        iterations = key[4]
         if key not in self.runs:
             self.runs[key] = train(t, opt, lr, seed, iterations, max_step=max_step, update_freq=update_freq,
+                                   momentum=momentum,
                                    log=self.log)
         return self.runs[key]
 
@@ -545,7 +554,8 @@ def overhead(task: Digits, gradient: str, quick: bool, log=print) -> dict:
         task.loss(model, next(stream)).backward()
         warm.step()
     idx = next(stream)
-    precond = SNOpt(model, eps=EPS, update_freq=UPDATE_FREQ, alpha=ALPHA)
+    precond = SNOpt(model, eps=EPS, update_freq=UPDATE_FREQ, alpha=ALPHA, full_precond=FULL_PRECOND, max_step=MAX_STEP,
+                    lr=0.02)  # lr: only the bound's scale (the base optimiser's lr is 0 here)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=MOMENTUM)  # lr 0: weights (and NFE) fixed
 
     def sgd_iteration():
@@ -655,29 +665,22 @@ def refresh_breakdown(precond: SNOpt, snopt_iteration: Callable[[bool], None], r
 
 def stability(cache: RunCache, quick: bool, seeds: list[int], log=print) -> dict:
     cfg = {**STABILITY, **STABILITY["quick"]} if quick else STABILITY
-    log(f"\n== stability: digits, SGD lr {cfg['lr']}, eps {EPS}, update_freq {UPDATE_FREQ}, "
+    mom = cfg["momentum"]
+    log(f"\n== stability: digits, SGD lr {cfg['lr']} momentum {mom}, eps {EPS}, update_freq {UPDATE_FREQ}, "
         f"{cfg['iterations']} iterations ==")
-    out = dict(lr=cfg["lr"], iterations=cfg["iterations"], eps=EPS, update_freq=UPDATE_FREQ, main={}, extra={})
+    out = dict(lr=cfg["lr"], momentum=mom, iterations=cfg["iterations"], eps=EPS, update_freq=UPDATE_FREQ, main={},
+               extra={})
     for ms in cfg["max_steps"]:
-        runs = [cache.get("digits", "snopt", cfg["lr"], s, cfg["iterations"], max_step=ms) for s in seeds]
+        runs = [cache.get("digits", "snopt", cfg["lr"], s, cfg["iterations"], max_step=ms, momentum=mom)
+                for s in seeds]
         out["main"][str(ms)] = _stab_summary(runs)
     sgd = [cache.get("digits", "sgd", cfg["lr"], s, cfg["iterations"]) for s in seeds]
     out["main"]["sgd"] = _stab_summary(sgd)
     for lr, values in cfg["extra"]:
         for ms in values:
-            runs = [cache.get("digits", "snopt", lr, s, cfg["iterations"], max_step=ms) for s in seeds[:1]]
+            runs = [cache.get("digits", "snopt", lr, s, cfg["iterations"], max_step=ms, momentum=mom)
+                    for s in seeds[:1]]
             out["extra"][f"{lr:g}/{ms}"] = dict(lr=lr, max_step=ms, **_stab_summary(runs))
-    task, lrs = cfg["lr_scaled"]
-    out["lr_scaled"] = dict(task=task, kappa=cfg["kappa"], runs={},
-                            iterations=cache.tasks[task].iterations if task in cache.tasks else None)
-    if lrs and task in cache.tasks:
-        log(f"\n== lr-aware step bound: {task}, SNOpt max_step = {cfg['kappa']:g} / lr^2 ==")
-        for lr in lrs:
-            ms = cfg["kappa"] / lr ** 2
-            runs = [cache.get(task, "snopt", lr, s, max_step=ms) for s in seeds]
-            default = [cache.get(task, "snopt", lr, s) for s in seeds]
-            out["lr_scaled"]["runs"][f"{lr:g}"] = dict(lr=lr, max_step=ms, scaled=_stab_summary(runs),
-                                                       default=_stab_summary(default))
     return out
 
 
@@ -724,8 +727,8 @@ def goals(sweeps: dict, overheads: dict, cache: RunCache) -> list[dict]:
         for name, s in sweeps.items():
             for seed in s["task"].get("seeds", []):
                 for lr in s["task"]["lrs"]["snopt"]:
-                    key_sn = (name, "snopt", lr, seed, s["task"]["iterations"], DEFAULT, UPDATE_FREQ)
-                    key_sg = (name, "sgd", lr, seed, s["task"]["iterations"], None, None)
+                    key_sn = cache.key(name, "snopt", lr, seed)
+                    key_sg = cache.key(name, "sgd", lr, seed)
                     if key_sn in cache.runs and key_sg in cache.runs:
                         checked += 1
                         if cache.runs[key_sn]["diverged"] and not cache.runs[key_sg]["diverged"]:
@@ -753,8 +756,7 @@ def figures(sweeps: dict, stab: Optional[dict], cache: RunCache, tasks: dict, di
         for opt in OPTIMISERS:
             c = s["configs"][s["best"][opt]]
             for i, seed in enumerate(c["seeds"]):
-                r = cache.runs[(name, opt, c["lr"], seed, task.iterations, DEFAULT if opt == "snopt" else None,
-                                UPDATE_FREQ if opt == "snopt" else None)]
+                r = cache.runs[cache.key(name, opt, c["lr"], seed)]
                 label = f"{opt} lr={c['lr']:g}" if i == 0 else None
                 ax_l.plot(r["wall"], _smooth(r["loss"], 5), color=COLOURS[opt], lw=1, alpha=0.8, label=label)
                 ev = r["evals"]
@@ -778,13 +780,13 @@ def figures(sweeps: dict, stab: Optional[dict], cache: RunCache, tasks: dict, di
         written.append(str(path))
     if stab is not None and stab.get("main"):
         fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=80)
-        styles = {"None": ("C3", "max_step=None"), DEFAULT: ("C0", "max_step default (1.0)"), "sgd": ("C1", "SGD")}
+        styles = {"None": ("C3", "max_step=None"), DEFAULT: ("C0", f"max_step={MAX_STEP:g}"), "sgd": ("C1", "SGD")}
         for key, summ in stab["main"].items():
             colour, label = styles.get(key, ("C4", key))
             for i, seed in enumerate(summ["seeds"]):
-                ms = None if key == "None" else DEFAULT
-                k = ("digits", "sgd", stab["lr"], seed, stab["iterations"], None, None) if key == "sgd" else \
-                    ("digits", "snopt", stab["lr"], seed, stab["iterations"], ms, UPDATE_FREQ)
+                k = cache.key("digits", "sgd", stab["lr"], seed, stab["iterations"]) if key == "sgd" else \
+                    cache.key("digits", "snopt", stab["lr"], seed, stab["iterations"],
+                              max_step=None if key == "None" else DEFAULT, momentum=stab["momentum"])
                 r = cache.runs[k]
                 ax.plot(range(len(r["loss"])), r["loss"], color=colour, lw=1, alpha=0.8,
                         label=label if i == 0 else None)
@@ -852,19 +854,13 @@ def markdown(env: dict, sweeps: dict, overheads: dict, stab: Optional[dict], goa
                          f"{b['factor_ms']:.1f} ({b['samples']} samples) | {b['refresh_ms']:.1f} |")
         lines.append("")
     if stab is not None:
-        lines += [f"**Stability** (digits, lr {stab['lr']}, eps {stab['eps']}, update_freq {stab['update_freq']}, "
-                  f"{stab['iterations']} iterations" + (
-                      f"; the {stab['lr_scaled']['task']} rows: {stab['lr_scaled']['iterations']} iterations"
-                      if stab.get("lr_scaled", {}).get("runs") else "") + "):", "",
+        lines += [f"**Stability** (digits, SGD lr {stab['lr']} with momentum {stab['momentum']} under SNOpt too, "
+                  f"eps {stab['eps']}, update_freq {stab['update_freq']}, {stab['iterations']} iterations):", "",
                   "| setting | seeds | diverged | max loss | final loss | final test acc | target reached at (s) | "
                   "median Fisher size | bound active |", "|---|---|---|---|---|---|---|---|---|"]
-        rows = [(f"SNOpt max_step={k}" if k != "sgd" else "SGD", v) for k, v in stab["main"].items()]
+        rows = [("SGD" if k == "sgd" else f"SNOpt max_step={format(MAX_STEP, 'g') if k == DEFAULT else k}", v)
+                for k, v in stab["main"].items()]
         rows += [(f"SNOpt lr {v['lr']:g} max_step={v['max_step']}", v) for v in stab["extra"].values()]
-        ls = stab.get("lr_scaled", {})
-        for v in ls.get("runs", {}).values():
-            rows += [(f"{ls['task']}: SNOpt lr {v['lr']:g} max_step=default", v["default"]),
-                     (f"{ls['task']}: SNOpt lr {v['lr']:g} max_step={v['max_step']:.3g} (= {ls['kappa']:g}/lr²)",
-                      v["scaled"])]
         for label, v in rows:
             lines.append(f"| {label} | {v['seeds']} | {sum(v['diverged'])} | "
                          f"{', '.join(_fmt(x) for x in v['max_loss'])} | {', '.join(_fmt(x) for x in v['final_loss'])} | "
@@ -934,13 +930,9 @@ def main(argv=None) -> int:
                         "sweep,overhead,stability")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/out/optimizers.json)")
-    parser.add_argument("--pass-lr", action="store_true",
-                        help="give SNOpt the base optimiser's lr, so its step bound scales as (0.02/lr)^2")
     parser.add_argument("--figures", default=None, help="directory for PNG plots (default benchmarks/figures; "
                         "none with --quick unless given)")
     args = parser.parse_args(argv)
-    global PASS_LR
-    PASS_LR = args.pass_lr
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [t for t in names if t not in TASK_CLASSES] + [p for p in parts if p not in ("sweep", "overhead", "stability")]
@@ -955,7 +947,8 @@ def main(argv=None) -> int:
     env = environment()
     print(f"nodeopt {env['nodeopt']}, torch {env['torch']}, {env['cpu']}, threads={env['threads']}, "
           f"load average {env['loadavg_start']}; seeds {seeds}; SNOpt eps={EPS} alpha={ALPHA} "
-          f"update_freq={UPDATE_FREQ}; SGD momentum {MOMENTUM}")
+          f"update_freq={UPDATE_FREQ} full_precond={FULL_PRECOND} max_step={MAX_STEP} lr=<the base lr>; "
+          f"SGD momentum {MOMENTUM}")
     start = time.perf_counter()
     need = set(names) | ({"digits"} if ("overhead" in parts or "stability" in parts) else set())
     tasks = {n: TASK_CLASSES[n](args.quick) for n in TASK_CLASSES if n in need}
@@ -979,7 +972,8 @@ def main(argv=None) -> int:
     print("\n" + md)
     print(f"total {env['elapsed_s'] / 60:.1f} min")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    result = dict(env=env, settings=dict(eps=EPS, alpha=ALPHA, update_freq=UPDATE_FREQ, momentum=MOMENTUM,
+    result = dict(env=env, settings=dict(eps=EPS, alpha=ALPHA, update_freq=UPDATE_FREQ, full_precond=FULL_PRECOND,
+                                         max_step=MAX_STEP, momentum=MOMENTUM,
                                          diverge_factor=DIVERGE_FACTOR, tasks=TASKS, overhead=OVERHEAD,
                                          stability=STABILITY),
                   sweeps=sweeps, overhead=overheads, stability=stab, goals=goal_list, figures=written,
