@@ -63,10 +63,10 @@ def sample_subset(layer: Layer, x: torch.Tensor, g: torch.Tensor, max_columns: O
                   offset: int = 0) -> torch.Tensor:
     """An evenly spaced subset of the batch ``x`` whose input columns number at most ``max_columns``.
 
-    ``A``'s cost grows with the number of columns (batch × spatial locations ×
-    the patch size squared), so for convolutions it can exceed the layer's own
-    forward and backward many times over; a strided subset of whole samples
-    keeps it an unbiased estimate at a fraction of the cost. ``offset`` picks
+    ``A`` costs (columns) × (patch length)² with batch × spatial locations
+    columns, so for convolutions it can exceed the layer's own forward and
+    backward many times over; a strided subset of whole samples keeps it an
+    unbiased estimate at a fraction of the cost. ``offset`` picks
     which of the ``stride`` interleaved subsets is used (so that successive
     evaluations cover the whole batch). ``None`` keeps every sample.
     """
