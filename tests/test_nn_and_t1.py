@@ -182,6 +182,7 @@ def test_recording_before_backward_says_what_to_do():
 # ---- the original interface ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("solver", ["odeint_adjoint", "odeint_symplectic_adjoint"])
+@pytest.mark.filterwarnings("ignore:SNOpt's step bound")  # the original API has no lr to pass
 def test_the_original_readme_example_runs_after_changing_only_its_imports(solver):
     odesolve = getattr(nodeopt, solver)
     from nodeopt.compat import SNOpt, ODEFuncBase, ODEBlock  # noqa: N811

@@ -1,6 +1,7 @@
 """SNOpt: Kronecker factors and preconditioning against dense computations; collection along every method."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -138,7 +139,7 @@ def test_factors_of_an_euler_solve_are_the_time_averages_along_the_trajectory(gr
     block = ODEBlock(field, t1=1.0, method="euler", options={"step_size": 0.25}, gradient=gradient)
     y0 = torch.randn(3, 2, dtype=DT, generator=_gen(10))
     target = torch.randn(3, 2, dtype=DT, generator=_gen(11))
-    pre = SNOpt(block, snopt_step_size=0.5)
+    pre = SNOpt(block, snopt_step_size=0.5, max_step=None)
     pre.train_itr_setup()
     capture = pre._capture
     loss = 0.5 * (block(y0) - target).square().sum()
@@ -276,7 +277,11 @@ def test_step_bound_shrinks_the_step_to_max_step_in_the_fisher_metric():
         pre.train_itr_setup()
         F.cross_entropy(model(x), y).backward()
         raws.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]).clone())
-        pre.step()
+        if bound is None:
+            pre.step()
+        else:  # without lr, a shortened step says that the bound assumed lr 0.02
+            with pytest.warns(UserWarning, match="assuming the base optimiser's learning rate is 0.02; pass lr="):
+                pre.step()
         steps.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]))
     free, bounded = steps
     size = float(free @ raws[0])
@@ -302,6 +307,22 @@ def test_with_the_learning_rate_the_bound_caps_the_step_actually_taken():
     assert size > 1e-4 * (0.02 / 0.2) ** 2  # the bound is active
     nu = float(steps[1] @ raws[1]) / size
     assert 0.2 ** 2 * nu ** 2 * size == pytest.approx(1e-4 * 0.02 ** 2, rel=1e-9)
+
+
+def test_the_missing_learning_rate_is_pointed_out_once_and_only_when_the_bound_acts():
+    x, y = _data()
+    for kwargs, expect in ((dict(max_step=1e-9), 1), (dict(max_step=1e-9, lr=0.02), 0), (dict(max_step=1e9), 0)):
+        model = _classifier("symplectic")
+        pre = SNOpt(model, full_precond=True, update_freq=1, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                pre.train_itr_setup()
+                model.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                pre.step()
+        assert sum("pass lr=" in str(w.message) for w in caught) == expect, kwargs
+        assert all(w.filename == __file__ for w in caught)  # points at the caller's pre.step()
 
 
 def test_the_learning_rate_may_be_a_function_read_at_every_step():

@@ -29,6 +29,8 @@ default calibrated at the paper's learning rate 0.02.
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from typing import Callable, Iterable, Optional, Union
 
 import torch
@@ -69,7 +71,8 @@ class SNOpt(torch.optim.Optimizer):
             returning the current one (e.g. ``lambda: opt.param_groups[0]["lr"]``
             under a scheduler). Pass it: the bound then scales as
             ``(0.02 / lr)²`` so that it limits the step the optimiser takes
-            (without it, large learning rates can still diverge).
+            (without it, large learning rates can still diverge, and SNOpt
+            warns once when its bound first shortens a step).
         max_factor_columns: the most input vectors (batch × spatial locations)
             per evaluation that enter a layer's input factor ``A``; larger
             batches are subsampled evenly, a different subset at each
@@ -120,6 +123,7 @@ class SNOpt(torch.optim.Optimizer):
         self.full_precond = full_precond
         self.iteration = 0
         self._capture: Optional[CurvatureCapture] = None
+        self._warned_lr = False
         groups = [{"params": [m.weight] + ([m.bias] if m.bias is not None else []),
                    "layer_type": type(m).__name__} for m in layers]
         super().__init__(groups, dict(eps=float(eps), alpha=float(alpha)))
@@ -178,7 +182,14 @@ class SNOpt(torch.optim.Optimizer):
         if bound is None or not pairs:
             return 1.0
         size = sum(float((nat * grad).sum()) for _, grad, nat in pairs)
-        return 1.0 if size <= bound else math.sqrt(bound / size)
+        if size <= bound:
+            return 1.0
+        if self.lr is None and not self._warned_lr:
+            self._warned_lr = True
+            warnings.warn("SNOpt's step bound shortened a step assuming the base optimiser's learning rate is 0.02; "
+                          "pass lr=... (the optimiser's lr, or a function returning it) so that the bound caps the "
+                          "step actually taken at every learning rate", stacklevel=_user_stacklevel())
+        return math.sqrt(bound / size)
 
     def _refresh(self, capture: CurvatureCapture) -> None:
         for layer in self.layers:
@@ -222,6 +233,14 @@ def _average_across_ranks(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tenso
     dist.all_reduce(both)
     both /= dist.get_world_size()
     return both[:a.numel()].reshape(a.shape), both[a.numel():].reshape(g.shape)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside nodeopt and torch (optimisers wrap ``step`` in decorators)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("nodeopt", "torch"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check(name: str, value, ok, what: str) -> None:
