@@ -339,6 +339,10 @@ def test_the_learning_rate_may_be_a_function_read_at_every_step():
         sizes.append(torch.cat([kfac.gradient_matrix(m).reshape(-1) for m in pre.layers]))
     assert torch.equal(sizes[0], sizes[1])
     assert pre.step_bound == pytest.approx(1e-4 * (0.02 / 0.2) ** 2)
+    current["lr"] = torch.tensor(0.1)  # torch optimisers accept tensor learning rates
+    assert pre.step_bound == pytest.approx(1e-4 * (0.02 / 0.1) ** 2)
+    assert SNOpt(_classifier("symplectic"), max_step=1e-4, lr=torch.tensor(0.1)).step_bound == pytest.approx(
+        1e-4 * (0.02 / 0.1) ** 2)
     current["lr"] = 0.1
     assert pre.step_bound == pytest.approx(1e-4 * (0.02 / 0.1) ** 2)
     current["lr"] = 0.0

@@ -99,6 +99,8 @@ class SNOpt(torch.optim.Optimizer):
         _check("snopt_step_size", snopt_step_size, lambda v: v > 0, "a positive number")
         if max_step is not None:
             _check("max_step", max_step, lambda v: v > 0, "a positive number, or None for no bound")
+        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+            lr = lr.item()  # torch optimisers accept a tensor lr
         if lr is not None and not callable(lr):
             _check("lr", lr, lambda v: v > 0, "the base optimiser's positive learning rate (or a function "
                                               "returning it)")
@@ -174,6 +176,8 @@ class SNOpt(torch.optim.Optimizer):
         if self.lr is None:
             return self.max_step
         lr = self.lr() if callable(self.lr) else self.lr
+        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+            lr = lr.item()
         _check("lr", lr, lambda v: v > 0, "a positive learning rate (the value returned by SNOpt's lr function)")
         return self.max_step * (REFERENCE_LR / lr) ** 2
 
