@@ -99,8 +99,7 @@ class SNOpt(torch.optim.Optimizer):
         _check("snopt_step_size", snopt_step_size, lambda v: v > 0, "a positive number")
         if max_step is not None:
             _check("max_step", max_step, lambda v: v > 0, "a positive number, or None for no bound")
-        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
-            lr = lr.item()  # torch optimisers accept a tensor lr
+        lr = _scalar(lr)
         if lr is not None and not callable(lr):
             _check("lr", lr, lambda v: v > 0, "the base optimiser's positive learning rate (or a function "
                                               "returning it)")
@@ -175,9 +174,7 @@ class SNOpt(torch.optim.Optimizer):
             return None
         if self.lr is None:
             return self.max_step
-        lr = self.lr() if callable(self.lr) else self.lr
-        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
-            lr = lr.item()
+        lr = _scalar(self.lr() if callable(self.lr) else self.lr)
         _check("lr", lr, lambda v: v > 0, "a positive learning rate (the value returned by SNOpt's lr function)")
         return self.max_step * (REFERENCE_LR / lr) ** 2
 
@@ -237,6 +234,11 @@ def _average_across_ranks(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tenso
     dist.all_reduce(both)
     both /= dist.get_world_size()
     return both[:a.numel()].reshape(a.shape), both[a.numel():].reshape(g.shape)
+
+
+def _scalar(value):
+    """A one-element tensor as a Python number (torch optimisers accept a tensor lr); anything else unchanged."""
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
 
 
 def _user_stacklevel() -> int:
