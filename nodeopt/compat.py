@@ -114,6 +114,7 @@ class ODEBlock(nn.Module):
         self.odefunc = odefunc
         self.odesolve = odesolve
         self.is_clf_problem = is_clf_problem
+        self._params_before = None
         ts = torch.as_tensor(integration_time, dtype=torch.float64)
         self.block = _Block(odefunc, t1=float(ts[-1]), t0=float(ts[0]), rtol=kwargs.get("rtol", opt.tol),
                             atol=kwargs.get("atol", opt.tol), method=kwargs.get("method", opt.ode_solver),
@@ -144,7 +145,8 @@ class ODEBlock(nn.Module):
         out = self.odesolve(self.odefunc, x, t, rtol=b.rtol, atol=b.atol, method=b.method)
         b.remember(x, t)
         if self.training and hasattr(self, "t1_optim"):
-            self._params_before = self.t1_optim.flat_parameters()
+            # Only the feedback rule's update iterations read them (a copy of every parameter).
+            self._params_before = self.t1_optim.flat_parameters() if self.t1_optim.needs_parameters else None
         if self.is_clf_problem:
             out = tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
         return out

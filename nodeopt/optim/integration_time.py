@@ -75,6 +75,11 @@ class IntegrationTimeOptimizer:
     def update_iteration(self) -> bool:
         return (self.iteration + 1) % self.t1_update_freq == 0
 
+    @property
+    def needs_parameters(self) -> bool:
+        """Whether this iteration's :meth:`record` keeps the block's gradient and parameters (feedback updates)."""
+        return self.update_iteration and self.method == "feedback"
+
     def flat_parameters(self) -> torch.Tensor:
         """The block's trainable parameters as one detached vector (for ``record(params_before=...)``)."""
         return self._flat("params")
@@ -105,7 +110,7 @@ class IntegrationTimeOptimizer:
         self.q_t = q_t if self.q_t is None else beta * self.q_t + (1 - beta) * q_t
         self.q_tt = q_tt if self.q_tt is None else beta * self.q_tt + (1 - beta) * q_tt
         self._scale = scale
-        if self.update_iteration and self.method == "feedback":
+        if self.needs_parameters:
             self._grad = self._flat("grad")
             self._params = params_before if params_before is not None else self._flat("params")
 
