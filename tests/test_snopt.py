@@ -200,13 +200,18 @@ def test_symplectic_and_tight_adjoint_precondition_in_the_same_direction():
 
 # ---- the optimiser's bookkeeping -------------------------------------------------------------------
 
-def test_bases_refresh_every_update_freq_iterations_only():
+@pytest.mark.parametrize("early,update_freq,iterations,expected", [
+    (False, 3, 7, [3, 6]),
+    (True, 3, 7, [1, 2, 3, 6]),
+    (True, 10, 25, [1, 2, 4, 8, 10, 20]),
+])
+def test_bases_refresh_on_schedule_early_and_then_every_update_freq(early, update_freq, iterations, expected):
     model = _classifier("symplectic")
     x, y = _data()
-    pre = SNOpt(model, update_freq=3)
+    pre = SNOpt(model, update_freq=update_freq, early_refresh=early, adaptive_damping=False)
     layer = pre.layers[0]
     seen = []
-    for it in range(7):
+    for it in range(iterations):
         pre.train_itr_setup()
         model.zero_grad()
         F.cross_entropy(model(x), y).backward()
@@ -215,14 +220,15 @@ def test_bases_refresh_every_update_freq_iterations_only():
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(p.grad, alpha=-0.05)
-    refreshed = [it for it in range(1, 7) if seen[it] is not seen[it - 1]]
-    assert refreshed == [3, 6]
+    refreshed = [it for it in range(1, iterations) if seen[it] is not seen[it - 1]]
+    assert refreshed == expected
+    assert pre.refreshes == len(expected) + 1
 
 
 def test_hooks_live_only_during_a_refresh_iteration():
     model = _classifier("symplectic")
     x, y = _data()
-    pre = SNOpt(model, update_freq=2, full_precond=True)
+    pre = SNOpt(model, update_freq=2, full_precond=True, early_refresh=False)
     assert all(not m._forward_hooks for m in model.modules())
     pre.train_itr_setup()
     assert all(m._forward_hooks for m in pre.layers)
@@ -256,7 +262,7 @@ def test_state_dict_round_trip_reproduces_the_next_step():
     twin = copy.deepcopy(model)
     restored = SNOpt(twin, update_freq=5, full_precond=True)
     restored.load_state_dict(pre.state_dict())
-    assert restored.iteration == 2
+    assert restored.iteration == 2 and restored.refreshes == pre.refreshes == 2  # iterations 0 and 1
     results = []
     for net, opt in ((model, pre), (twin, restored)):
         opt.train_itr_setup()
@@ -359,10 +365,17 @@ def test_the_learning_rate_may_be_a_function_read_at_every_step():
     (dict(alpha=1.0), r"alpha must be a number in \[0, 1\)"),
     (dict(max_step=-1.0), "max_step must be a positive number"),
     (dict(snopt_step_size=0), "snopt_step_size must be a positive number"),
+    (dict(damping_interval=0), "damping_interval must be a whole number ≥ 1"),
 ])
 def test_bad_hyper_parameters_are_rejected_with_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SNOpt(_classifier("symplectic"), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["early_refresh", "adaptive_damping"])
+def test_switches_must_be_booleans(name):
+    with pytest.raises(TypeError, match=f"{name} must be True or False, got 'yes'"):
+        SNOpt(_classifier("symplectic"), **{name: "yes"})
 
 
 def test_a_model_without_ode_layers_or_a_parameter_list_is_rejected():
@@ -370,6 +383,132 @@ def test_a_model_without_ode_layers_or_a_parameter_list_is_rejected():
         SNOpt(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(TypeError, match="not model.parameters"):
         SNOpt(nn.Linear(2, 2).parameters())
+
+
+# ---- the guard: Levenberg–Marquardt damping -------------------------------------------------------
+
+class _NoODE(nn.Module):
+    """A bare linear model that the original interface accepts (``ode_mods``: none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 1, bias=False)
+
+    def forward(self, x):
+        return self.fc(x)
+
+    ode_mods = ()
+
+
+def _regression_run(iterations=60, momentum=0.0, make=SNOpt, **kwargs):
+    """A least-squares fit whose curvature along w₂ grows 10⁵-fold after the eigenbasis was computed.
+
+    At iteration 0 (the refresh) the inputs' second coordinate has scale 0.01;
+    from then on √10, so the curvature along w₂ is h = 10. With lr 0.02 and
+    eps 0.05, a preconditioner whose m₂ is still small multiplies the error
+    along w₂ by 1 − lr·h/(m₂ + eps) ≈ −3 each step: it overshoots (until m₂
+    has grown enough to stop it, at a loss that no longer falls).
+    """
+    g = _gen(7)
+    before = torch.randn(64, 2, dtype=DT, generator=g) * torch.tensor([1.0, 0.01], dtype=DT)
+    after = torch.randn(64, 2, dtype=DT, generator=g) * torch.tensor([1.0, 10 ** 0.5], dtype=DT)
+    model = _NoODE().double()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[1e-2, 1e-3]], dtype=DT))  # the optimum is w = 0
+    pre = make(model, full_precond=True, update_freq=1000, **{"lr": 0.02, "max_step": None, **kwargs})
+    sgd = torch.optim.SGD(model.parameters(), lr=0.02, momentum=momentum)
+    losses = []
+    for it in range(iterations):
+        x = before if it == 0 else after
+        pre.train_itr_setup()
+        sgd.zero_grad()
+        loss = 0.5 * model(x).square().mean()
+        loss.backward()
+        pre.step()
+        sgd.step()
+        losses.append(loss.item())
+    return losses, pre
+
+
+def test_damping_adapts_where_the_stale_preconditioner_overshoots():
+    # Unguarded (the original: fixed eps, refresh only every update_freq) the loss stalls at its
+    # overshooting level; with Levenberg–Marquardt damping (early refreshes off, to test it alone)
+    # the damping grows until the steps contract, and the loss falls by orders of magnitude.
+    unguarded, _ = _regression_run(early_refresh=False, adaptive_damping=False)
+    guarded, pre = _regression_run(early_refresh=False)
+    assert unguarded[-1] > 0.3 * unguarded[1]
+    assert guarded[-1] < 1e-3 * guarded[1]
+    assert pre.damping_factor > 1.5  # lr·h/(m₂ + eps·γ) had to fall below 1.5
+    # With every default (early refreshes too) the same problem is solved as well.
+    assert _regression_run()[0][-1] < 1e-3 * guarded[1]
+
+
+@pytest.mark.filterwarnings("ignore:SNOpt's step bound")  # the original API has no lr to pass
+def test_the_original_interface_gets_the_same_protection_by_default():
+    # nodeopt.compat.SNOpt(net, eps, update_freq, alpha, full_precond): the original's signature and defaults.
+    from nodeopt.compat import SNOpt as Original
+    unguarded, _ = _regression_run(make=Original, lr=None, max_step=1.0, early_refresh=False,
+                                   adaptive_damping=False)
+    guarded, pre = _regression_run(make=Original, lr=None, max_step=1.0)
+    assert pre.adaptive_damping and pre.early_refresh
+    assert unguarded[-1] > 0.3 * unguarded[1]
+    assert guarded[-1] < 1e-3 * guarded[1]
+
+
+def test_damping_stays_at_eps_while_the_quadratic_model_is_good():
+    # A well-conditioned problem where the preconditioned step matches the curvature: ρ ≈ 1,
+    # so λ never leaves eps and SNOpt is the original method.
+    g = _gen(8)
+    x = torch.randn(256, 3, dtype=DT, generator=g)
+    model = nn.Linear(3, 1, bias=False).double()
+    pre = SNOpt(model, full_precond=True, update_freq=1000, lr=0.02, max_step=None, early_refresh=False, eps=1.0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.02)
+    for _ in range(30):
+        pre.train_itr_setup()
+        sgd.zero_grad()
+        (0.5 * (model(x) - x.sum(1, keepdim=True)).square().mean()).backward()
+        pre.step()
+        sgd.step()
+    assert pre.damping_factor == 1.0
+
+
+def test_reduction_ratio_pieces_are_exact_on_a_quadratic():
+    # The trapezoidal rule along a step is exact for a quadratic loss, whatever the step.
+    from nodeopt.optim import damping
+    h = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=DT)
+    loss = lambda w: 0.5 * w @ h @ w - w.sum()  # noqa: E731
+    w0, s = torch.tensor([0.3, -0.7], dtype=DT), torch.tensor([0.25, 0.4], dtype=DT)
+    grad = lambda w: h @ w - 1  # noqa: E731
+    est = damping.actual_change(grad(w0), grad(w0 + s), s)
+    assert float(est) == pytest.approx(float(loss(w0 + s) - loss(w0)), rel=1e-14)
+    # The model's prediction with identity bases: ∇·s + ½ Σ s²(m₂ + λ).
+    eye = torch.eye(1, dtype=DT)
+    m2 = torch.tensor([[0.5, 2.0]], dtype=DT)
+    pred = damping.predicted_change(grad(w0)[None], s[None], torch.eye(2, dtype=DT), eye, m2, 0.1)
+    assert float(pred) == pytest.approx(float(grad(w0) @ s + 0.5 * (s.square() * (m2[0] + 0.1)).sum()), rel=1e-14)
+
+
+def test_damping_rule_follows_martens_and_grosse():
+    from nodeopt.optim import damping
+    omega = (19 / 20) ** 5
+    assert damping.adjust(1.0, actual=-0.1, predicted=-1.0, interval=5) == pytest.approx(1 / omega)  # ρ = 0.1
+    assert damping.adjust(4.0, actual=-0.9, predicted=-1.0, interval=5) == pytest.approx(4 * omega)  # ρ = 0.9
+    assert damping.adjust(1.1, actual=-0.9, predicted=-1.0, interval=5) == 1.0  # never below eps
+    assert damping.adjust(2.0, actual=-0.5, predicted=-1.0, interval=5) == 2.0  # ρ in [1/4, 3/4]
+    assert damping.adjust(2.0, actual=0.1, predicted=0.2, interval=5) == pytest.approx(2 / omega)  # went uphill
+
+
+def test_damping_state_survives_a_state_dict_round_trip():
+    losses, pre = _regression_run(iterations=23, early_refresh=False)
+    assert pre.damping_factor > 1 and pre._judged_steps > 0
+    twin = SNOpt(_NoODE().double(), full_precond=True, update_freq=1000, lr=0.02, max_step=None,
+                 early_refresh=False)
+    twin.load_state_dict(pre.state_dict())
+    for name in ("damping_factor", "iteration", "refreshes", "_judged_steps", "_actual_change", "_predicted_change"):
+        assert getattr(twin, name) == getattr(pre, name), name
+    state, restored = pre.state[pre.layers[0].weight], twin.state[twin.layers[0].weight]
+    assert torch.equal(state["last_grad"], restored["last_grad"])
+    assert torch.equal(state["last_param"], restored["last_param"])
 
 
 # ---- helpers -----------------------------------------------------------------------------------------

@@ -85,10 +85,17 @@ def locations(layer: Layer, g: torch.Tensor) -> int:
 
 def gradient_matrix(layer: Layer) -> torch.Tensor:
     """The layer's gradient as one matrix ``(out, in [+1])``, bias as the last column."""
-    g = layer.weight.grad.reshape(layer.weight.shape[0], -1)
-    if layer.bias is not None:
-        g = torch.cat([g, layer.bias.grad.reshape(-1, 1)], dim=1)
-    return g
+    return _as_matrix(layer.weight.grad, None if layer.bias is None else layer.bias.grad)
+
+
+def parameter_matrix(layer: Layer) -> torch.Tensor:
+    """The layer's weight (and bias) as one matrix, in :func:`gradient_matrix`'s layout."""
+    return _as_matrix(layer.weight, layer.bias)
+
+
+def _as_matrix(weight: torch.Tensor, bias) -> torch.Tensor:
+    w = weight.reshape(weight.shape[0], -1)
+    return w if bias is None else torch.cat([w, bias.reshape(-1, 1)], dim=1)
 
 
 def set_gradient_matrix(layer: Layer, g: torch.Tensor) -> None:

@@ -9,12 +9,14 @@ Used around any ``torch.optim`` optimiser, as in the paper's code::
         loss_fn(model(x), y).backward()
         precond.step(); optimizer.step()
 
-Every ``update_freq`` iterations (the first included) the forward and backward
-pass run inside a :class:`~nodeopt.optim.capture.CurvatureCapture`, which
+On refresh iterations the forward and backward pass run inside a :class:`~nodeopt.optim.capture.CurvatureCapture`, which
 gathers Kronecker factors of each ``Linear``/``Conv2d`` layer along the
 backward pass of whatever gradient method the ODE uses; ``step()`` then
 refreshes the eigenbases (under ``torch.distributed`` the factors are first
 averaged over the ranks, so every rank preconditions with the same bases).
+Refresh iterations are every ``update_freq``-th from the first and, while the
+model moves fastest, also iterations 1, 2, 4, 8, … below ``update_freq``
+(``early_refresh``): the basis computed at initialisation goes stale first.
 On every iteration ``step()`` replaces each layer's
 gradient by its EKFAC-preconditioned version (see ``kfac.py``) and bounds the
 whole step: if ``Σ ⟨∇_nat, ∇⟩`` (the squared length of the step in the Fisher
@@ -24,6 +26,15 @@ gradients are scaled by ``sqrt(c / Σ ⟨∇_nat, ∇⟩)``, as K-FAC's KL clipp
 learning rate ``lr`` is given, ``c = max_step · (0.02 / lr)²``: then the bound
 caps the step actually taken, ``lr² Σ ⟨∇_nat, ∇⟩ ≤ max_step · 0.02²``, with the
 default calibrated at the paper's learning rate 0.02.
+
+The damping adapts (``adaptive_damping``, on by default): ``λ = eps · γ`` with
+``γ ≥ 1`` set by the Levenberg–Marquardt rule of K-FAC (Martens & Grosse 2015,
+§6.5) from the reduction ratio of the local quadratic model, measured every
+five steps without an extra evaluation (see ``damping.py``). When the model
+underestimates the curvature along the steps the optimiser actually takes
+(momentum included), ``γ`` grows and the steps shorten; when the model is
+good, ``γ`` returns to 1 and SNOpt is the original method. ``eps`` is the
+smallest damping ever used.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from . import kfac
+from . import damping, kfac
 from .capture import CurvatureCapture
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
@@ -79,8 +90,17 @@ class SNOpt(torch.optim.Optimizer):
             evaluation. This keeps a refresh cheap for convolutions, whose
             ``A`` would otherwise cost several times the layer itself. None:
             every sample.
+        early_refresh: also refresh at iterations 1, 2, 4, 8, … below ``update_freq``.
+        adaptive_damping: adapt the damping above ``eps`` by the
+            Levenberg–Marquardt rule (module docstring); False: fixed ``eps``,
+            as the original.
+        damping_interval: steps per Levenberg–Marquardt decision (K-FAC's ``T₁``).
         ode_layers: the layers inside ODEs; by default those inside any
             ``nodeopt.nn.ODEBlock`` of ``model``.
+
+    Attributes:
+        damping_factor: ``γ``, the current damping is ``eps · γ``.
+        refreshes: how many times the eigenbases were refreshed.
 
     Raises:
         ValueError: for hyper-parameters out of range, or a model with no layer to precondition.
@@ -89,6 +109,7 @@ class SNOpt(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, eps: float = 0.05, update_freq: int = 100, alpha: float = 0.75,
                  full_precond: bool = False, *, snopt_step_size: float = 0.01, max_step: Optional[float] = 1.0,
                  lr: Union[float, Callable[[], float], None] = None, max_factor_columns: Optional[int] = 1024,
+                 early_refresh: bool = True, adaptive_damping: bool = True, damping_interval: int = 5,
                  ode_layers: Optional[Iterable[nn.Module]] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"SNOpt needs the model (an nn.Module), got {type(model).__name__}; pass the network "
@@ -106,6 +127,10 @@ class SNOpt(torch.optim.Optimizer):
         if max_factor_columns is not None:
             _check("max_factor_columns", max_factor_columns, lambda v: v >= 1 and float(v).is_integer(),
                    "a whole number ≥ 1, or None to use every sample")
+        for name, value in (("early_refresh", early_refresh), ("adaptive_damping", adaptive_damping)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        _check("damping_interval", damping_interval, lambda v: v >= 1 and float(v).is_integer(), "a whole number ≥ 1")
         ode = list(ode_layers) if ode_layers is not None else ode_layers_of(model)
         others = [m for m in model.modules() if isinstance(m, LAYER_TYPES) and m not in ode]
         layers = ode + (others if full_precond else [])
@@ -122,7 +147,11 @@ class SNOpt(torch.optim.Optimizer):
         self.lr = lr
         self.max_factor_columns = None if max_factor_columns is None else int(max_factor_columns)
         self.full_precond = full_precond
-        self.iteration = 0
+        self.early_refresh = early_refresh
+        self.adaptive_damping = adaptive_damping
+        self.damping_interval = int(damping_interval)
+        for name, value in self._PROGRESS.items():
+            setattr(self, name, value)
         self._capture: Optional[CurvatureCapture] = None
         self._warned_lr = False
         groups = [{"params": [m.weight] + ([m.bias] if m.bias is not None else []),
@@ -131,8 +160,8 @@ class SNOpt(torch.optim.Optimizer):
 
     @property
     def refresh_iteration(self) -> bool:
-        """Whether this iteration gathers curvature and refreshes the eigenbases."""
-        return self.iteration % self.update_freq == 0
+        """Whether this iteration gathers curvature and refreshes the eigenbases (see the module docstring)."""
+        return scheduled_refresh(self.iteration, self.update_freq, self.early_refresh)
 
     def new_capture(self) -> CurvatureCapture:
         """A capture of this optimiser's layers (open it around a forward and backward pass)."""
@@ -150,6 +179,8 @@ class SNOpt(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         capture = self._capture
         self.end_capture()
+        if self.adaptive_damping:
+            self._judge_last_step()  # with the bases and m₂ that step used: before any refresh
         if capture is not None:
             self._refresh(capture)
         pairs = []
@@ -159,13 +190,42 @@ class SNOpt(torch.optim.Optimizer):
                 continue
             grad = kfac.gradient_matrix(layer)
             nat, state["m2"] = kfac.precondition(grad, state["q_a"], state["q_g"], state["m2"], group["alpha"],
-                                                 group["eps"], state["batch_size"])
+                                                 group["eps"] * self.damping_factor, state["batch_size"])
+            if self.adaptive_damping:  # what the next step() needs to judge this one
+                state["last_grad"], state["last_param"] = grad.clone(), kfac.parameter_matrix(layer).clone()
             pairs.append((layer, grad, nat))
         scale = self._step_scale(pairs)
         for layer, _, nat in pairs:
             kfac.set_gradient_matrix(layer, nat * scale)
         self.iteration += 1
         return loss
+
+    def _judge_last_step(self) -> None:
+        """Add the last step's actual and predicted loss changes; every ``damping_interval`` steps, adjust ``γ``."""
+        changes = []
+        for layer, group in zip(self.layers, self.param_groups):
+            state = self.state[layer.weight]
+            if "last_grad" not in state or layer.weight.grad is None or (
+                    layer.bias is not None and layer.bias.grad is None):
+                continue
+            before, step = state["last_grad"], kfac.parameter_matrix(layer) - state["last_param"]
+            changes.append(torch.stack([
+                damping.actual_change(before, kfac.gradient_matrix(layer), step),
+                damping.predicted_change(before, step, state["q_a"], state["q_g"], state["m2"],
+                                         group["eps"] * self.damping_factor)]))
+        if not changes:
+            return
+        actual, predicted = torch.stack(changes).sum(0).tolist()
+        if not (math.isfinite(actual) and math.isfinite(predicted)):
+            return
+        self._actual_change += actual
+        self._predicted_change += predicted
+        self._judged_steps += 1
+        if self._judged_steps == self.damping_interval:
+            self.damping_factor = damping.adjust(self.damping_factor, self._actual_change, self._predicted_change,
+                                                 self.damping_interval)
+            self._actual_change = self._predicted_change = 0.0
+            self._judged_steps = 0
 
     @property
     def step_bound(self) -> Optional[float]:
@@ -193,6 +253,7 @@ class SNOpt(torch.optim.Optimizer):
         return math.sqrt(bound / size)
 
     def _refresh(self, capture: CurvatureCapture) -> None:
+        self.refreshes += 1
         for layer in self.layers:
             sums = capture.sums[layer]
             factors = sums.factors()
@@ -214,15 +275,27 @@ class SNOpt(torch.optim.Optimizer):
             self._capture.__exit__(None, None, None)
             self._capture = None
 
+    # Progress beside torch's per-parameter state, with the values of a fresh optimiser.
+    _PROGRESS = dict(iteration=0, refreshes=0, damping_factor=1.0, _actual_change=0.0, _predicted_change=0.0,
+                     _judged_steps=0)
+
     def state_dict(self) -> dict:
         out = super().state_dict()
-        out["iteration"] = self.iteration
+        out.update({name: getattr(self, name) for name in self._PROGRESS})
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
-        self.iteration = int(state_dict.pop("iteration", 0))
+        for name, default in self._PROGRESS.items():
+            setattr(self, name, type(default)(state_dict.pop(name, default)))
         super().load_state_dict(state_dict)
+
+
+def scheduled_refresh(iteration: int, update_freq: int, early: bool) -> bool:
+    """Iteration 0 and every ``update_freq``-th; with ``early``, also 1, 2, 4, 8, … below ``update_freq``."""
+    if iteration % update_freq == 0:
+        return True
+    return early and iteration < update_freq and iteration & (iteration - 1) == 0
 
 
 def _average_across_ranks(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
