@@ -378,9 +378,57 @@ def test_switches_must_be_booleans(name):
         SNOpt(_classifier("symplectic"), **{name: "yes"})
 
 
+class _DirectODE(nn.Module):
+    """torchdiffeq-style code: the model calls odeint itself, no ODEBlock."""
+
+    def __init__(self, gradient):
+        super().__init__()
+        self.encoder, self.field, self.head = nn.Linear(6, 4), _Field(), nn.Linear(4, 3)
+        self.gradient = gradient
+
+    def forward(self, x):
+        t = torch.tensor([0.0, 1.0], dtype=DT)
+        return self.head(nodeopt.odeint(self.field, self.encoder(x), t, rtol=1e-6, atol=1e-6,
+                                        gradient=self.gradient)[-1])
+
+
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint", "symplectic"])
+@pytest.mark.parametrize("full_precond", [False, True])
+def test_ode_layers_are_found_where_the_model_calls_odeint_itself(gradient, full_precond):
+    # The layers differentiated inside a solve are the ODE layers: the step equals the one with
+    # ode_layers given explicitly, and without full_precond the other layers keep their raw gradient.
+    x, y = _data()
+    steps = []
+    for explicit in (False, True):
+        torch.manual_seed(0)
+        model = _DirectODE(gradient).double()
+        layers = dict(ode_layers=[model.field.l1, model.field.l2]) if explicit else {}
+        pre = SNOpt(model, full_precond=full_precond, **layers)
+        pre.train_itr_setup()
+        F.cross_entropy(model(x), y).backward()
+        raw = [p.grad.clone() for p in model.parameters()]
+        pre.step()
+        steps.append([p.grad for p in model.parameters()])
+        if not explicit:
+            assert pre.ode_layers == [model.field.l1, model.field.l2]
+            assert pre.other_layers == ([model.encoder, model.head] if full_precond else [])
+            changed = [not torch.equal(a, b) for a, b in zip(raw, steps[-1])]
+            # encoder weight, bias | field l1, l2 | head weight, bias
+            assert changed == [full_precond] * 2 + [True] * 4 + [full_precond] * 2
+    for a, b in zip(*steps):
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)
+
+
 def test_a_model_without_ode_layers_or_a_parameter_list_is_rejected():
     with pytest.raises(ValueError, match="no Linear or Conv2d layer to precondition"):
-        SNOpt(nn.Sequential(nn.Linear(2, 2)))
+        SNOpt(nn.Sequential(nn.Tanh()))
+    model = nn.Sequential(nn.Linear(2, 2))
+    pre = SNOpt(model)  # no ODEBlock: the ODE layers are looked for in the first iteration
+    pre.train_itr_setup()
+    model(torch.randn(3, 2)).sum().backward()
+    with pytest.raises(ValueError, match="found no Linear or Conv2d layer evaluated inside an ODE solve"):
+        pre.step()
+    assert not nodeopt.gradients.observe.is_listening()
     with pytest.raises(TypeError, match="not model.parameters"):
         SNOpt(nn.Linear(2, 2).parameters())
 

@@ -13,7 +13,10 @@ evaluations of the vector field with their quadrature weights ``w_k`` (so the
 sums approximate time averages along the trajectory), and the gradient is
 brought to the adjoint's scale, ``ĝ = B · Δ · g / scale_k`` (``B`` the batch
 size, ``Δ`` SNOpt's ``snopt_step_size``, as the original scales its samples).
-Other layers get ordinary K-FAC samples, ``w = 1``, ``ĝ = B · g``. The hooks
+Other layers get ordinary K-FAC samples, ``w = 1``, ``ĝ = B · g``. Layers
+whose place is not known beforehand (``undecided_layers``) are both: an
+evaluation inside an announced stage makes the layer an ODE layer, and its
+samples from outside stages are then dropped. The hooks
 hold references only to tensors autograd already saved for the layer's own
 backward, so collection costs no memory, and they never change a gradient.
 """
@@ -71,15 +74,23 @@ class CurvatureCapture:
         max_columns: the most input vectors (batch × spatial locations) per
             evaluation that enter ``A``; larger batches are subsampled evenly,
             a different subset at each evaluation. None: every sample.
+        undecided_layers: layers that are ODE layers if the backward pass
+            differentiates them inside an announced stage, other layers if not
+            (see :meth:`inside_ode` after the backward pass).
     """
 
     def __init__(self, ode_layers: Iterable[nn.Module], other_layers: Iterable[nn.Module] = (),
-                 step_size: float = 0.01, max_columns: Optional[int] = None):
+                 step_size: float = 0.01, max_columns: Optional[int] = None,
+                 undecided_layers: Iterable[nn.Module] = ()):
         self.ode_layers = set(ode_layers)
         self.layers = list(self.ode_layers) + [m for m in other_layers if m not in self.ode_layers]
+        self.undecided = [m for m in undecided_layers if m not in self.layers]
+        self.layers += self.undecided
         self.step_size = step_size
         self.max_columns = max_columns
         self.sums = {layer: FactorSums() for layer in self.layers}
+        self._plain_sums = {layer: FactorSums() for layer in self.undecided}
+        self._staged = set()
         self._handles: list = []
         self._listening = None
 
@@ -97,19 +108,33 @@ class CurvatureCapture:
             self._listening.__exit__(None, None, None)
             self._listening = None
 
+    def inside_ode(self, layer: nn.Module) -> bool:
+        """Whether the layer is an ODE layer: given as one, or (undecided) evaluated inside an announced stage."""
+        return layer in self.ode_layers or layer in self._staged
+
+    def factor_sums(self, layer: nn.Module) -> FactorSums:
+        """The layer's sums: along the trajectory for an ODE layer, plain K-FAC samples otherwise."""
+        if layer in self._plain_sums and layer not in self._staged:
+            return self._plain_sums[layer]
+        return self.sums[layer]
+
     def _forward_hook(self, layer: nn.Module, inputs, output) -> None:
         if not (layer.training and torch.is_grad_enabled() and isinstance(output, torch.Tensor)
                 and output.requires_grad):
             return
         stage = observe.current_stage()
-        if layer in self.ode_layers:
+        sums = self.sums[layer]
+        if layer in self.ode_layers or (stage is not None and layer in self._plain_sums):
             if stage is None:
                 return  # an evaluation the backward pass will not differentiate
+            if layer in self._plain_sums:
+                self._staged.add(layer)
             weight, g_scale = stage.weight, self.step_size / stage.scale
         else:
             weight, g_scale = 1.0, 1.0
+            sums = self._plain_sums.get(layer, sums)
         x = inputs[0].detach()
-        sums, max_columns = self.sums[layer], self.max_columns
+        max_columns = self.max_columns
 
         def on_gradient(g: torch.Tensor) -> None:
             if not observe.is_muted():

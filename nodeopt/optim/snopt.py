@@ -69,7 +69,11 @@ class SNOpt(torch.optim.Optimizer):
     """Kronecker-factored second-order preconditioner for neural ODEs.
 
     Args:
-        model: the whole network (its ``Linear``/``Conv2d`` layers are found by type).
+        model: the whole network. Its ``Linear``/``Conv2d`` layers inside a
+            ``nodeopt.nn.ODEBlock`` are the ODE layers; a model without one that
+            calls ``nodeopt.odeint``/``solve`` itself gets its ODE layers found
+            at the first refresh: those the backward pass differentiates inside
+            a solve.
         eps: Tikhonov damping ``ε`` added to the running second moment.
         update_freq: refresh the factors and eigenbases every this many iterations.
         alpha: running-average coefficient of the second moment ``m₂``.
@@ -96,7 +100,7 @@ class SNOpt(torch.optim.Optimizer):
             as the original.
         damping_interval: steps per Levenberg–Marquardt decision (K-FAC's ``T₁``).
         ode_layers: the layers inside ODEs; by default those inside any
-            ``nodeopt.nn.ODEBlock`` of ``model``.
+            ``nodeopt.nn.ODEBlock`` of ``model``, else those found at the first refresh.
 
     Attributes:
         damping_factor: ``γ``, the current damping is ``eps · γ``.
@@ -132,14 +136,16 @@ class SNOpt(torch.optim.Optimizer):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         _check("damping_interval", damping_interval, lambda v: v >= 1 and float(v).is_integer(), "a whole number ≥ 1")
         ode = list(ode_layers) if ode_layers is not None else ode_layers_of(model)
+        trainable = [m for m in model.modules() if isinstance(m, LAYER_TYPES) and m.weight.requires_grad]
+        # No ODEBlock and no ode_layers: the layers evaluated inside a solve are found at the first refresh.
+        self._undecided = trainable if ode_layers is None and not ode else []
         others = [m for m in model.modules() if isinstance(m, LAYER_TYPES) and m not in ode]
-        layers = ode + (others if full_precond else [])
-        layers = [m for m in layers if m.weight.requires_grad]
+        layers = self._undecided or [m for m in ode + (others if full_precond else []) if m.weight.requires_grad]
         if not layers:
             raise ValueError("SNOpt found no Linear or Conv2d layer to precondition: put the ODE's vector field in "
                              "a nodeopt.nn.ODEBlock, pass ode_layers=..., or set full_precond=True")
         self.model = model
-        self.ode_layers, self.other_layers = ode, others if full_precond else []
+        self.ode_layers, self.other_layers = ode, others if full_precond and not self._undecided else []
         self.layers = layers
         self.update_freq = int(update_freq)
         self.snopt_step_size = float(snopt_step_size)
@@ -165,7 +171,8 @@ class SNOpt(torch.optim.Optimizer):
 
     def new_capture(self) -> CurvatureCapture:
         """A capture of this optimiser's layers (open it around a forward and backward pass)."""
-        return CurvatureCapture(self.ode_layers, self.other_layers, self.snopt_step_size, self.max_factor_columns)
+        return CurvatureCapture(self.ode_layers, self.other_layers, self.snopt_step_size, self.max_factor_columns,
+                                undecided_layers=self._undecided)
 
     def train_itr_setup(self) -> None:
         """Call before the forward pass: on refresh iterations, start gathering curvature."""
@@ -254,8 +261,10 @@ class SNOpt(torch.optim.Optimizer):
 
     def _refresh(self, capture: CurvatureCapture) -> None:
         self.refreshes += 1
-        for layer in self.layers:
-            sums = capture.sums[layer]
+        if self._undecided:
+            self._decide_ode_layers(capture)
+        for layer in self.ode_layers + self.other_layers:
+            sums = capture.factor_sums(layer)
             factors = sums.factors()
             if factors is None:
                 continue
@@ -264,6 +273,18 @@ class SNOpt(torch.optim.Optimizer):
             e_g, q_g = kfac.eigenbasis(g)
             state = self.state[layer.weight]
             state.update(q_a=q_a, q_g=q_g, m2=torch.outer(e_g, e_a) * sums.locations, batch_size=sums.batch_size)
+
+    def _decide_ode_layers(self, capture: CurvatureCapture) -> None:
+        """The layers the backward pass differentiated inside a solve are the ODE layers; the rest are not."""
+        self.ode_layers = [m for m in self._undecided if capture.inside_ode(m)]
+        others = [m for m in self._undecided if not capture.inside_ode(m)]
+        self.other_layers = others if self.full_precond else []
+        self._undecided = []
+        if not self.ode_layers and not self.full_precond:
+            raise ValueError("SNOpt found no Linear or Conv2d layer evaluated inside an ODE solve in the first "
+                             "iteration (and full_precond=False leaves the others alone): solve the ODE with nodeopt "
+                             "(odeint, solve or nodeopt.nn.ODEBlock) inside the model's forward, pass "
+                             "ode_layers=..., or set full_precond=True")
 
     def end_capture(self) -> None:
         """Stop gathering curvature now: remove the hooks and stop listening.
