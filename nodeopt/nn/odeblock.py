@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Optional, Union
 
 import torch
@@ -23,6 +24,9 @@ class ODEBlock(nn.Module):
 
     Attributes:
         stats: the :class:`~nodeopt.Stats` of the last solve.
+        solves: the :class:`~nodeopt.Stats` of every solve since :meth:`reset_stats`
+            (a model may call the block many times per forward pass; the
+            backward counts fill in when the backward pass runs).
         last_times: the times tensor of the last solve; when ``t1`` is being
             optimised it requires grad, so ``last_times.grad`` holds ``dL/dt``
             after ``backward()``.
@@ -40,6 +44,7 @@ class ODEBlock(nn.Module):
         self.return_all = return_all
         self.track_time_gradient = False
         self.stats: Optional[Stats] = None
+        self.solves: collections.deque = collections.deque(maxlen=100_000)
         self.last_times: Optional[torch.Tensor] = None
         self.last_batch_size = 1
 
@@ -68,11 +73,24 @@ class ODEBlock(nn.Module):
         sol = solve(self.func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options,
                     gradient=self.gradient)
         self.stats = sol.stats
+        self.solves.append(sol.stats)
         self.remember(x, t)
         values = sol.values
         if self.return_all:
             return values
         return tuple(v[-1] for v in values) if isinstance(values, tuple) else values[-1]
+
+    def reset_stats(self) -> None:
+        """Forget the statistics of earlier solves (:attr:`solves`)."""
+        self.solves.clear()
+
+    def total_stats(self) -> Stats:
+        """The sums of :attr:`solves`: evaluations and steps, forward and backward."""
+        total = Stats()
+        for s in self.solves:
+            for name in ("nfe", "n_steps", "n_rejected", "nfe_backward", "nvjp_backward"):
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+        return total
 
     def extra_repr(self) -> str:
         return (f"t=[{float(self.times[0]):g}, {self.t1:g}], method={self.method!r}, gradient={self.gradient!r}, "

@@ -126,6 +126,14 @@ class IntegrationTimeOptimizer:
             feedback = self._scale * float(self._grad @ moved)
         return -self.t1_lr * (self.q_t + feedback) / self.q_tt
 
+    def state_dict(self) -> dict:
+        """The running averages and the iteration count (``t1`` itself is a buffer of the block)."""
+        return dict(iteration=self.iteration, q_t=self.q_t, q_tt=self.q_tt, scale=self._scale)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self.q_t, self.q_tt, self._scale = (int(state["iteration"]), state["q_t"], state["q_tt"],
+                                                            float(state["scale"]))
+
     def step(self) -> float:
         """After the optimisers' step: on update iterations move ``t1``. Returns ``t1``."""
         if self.update_iteration:

@@ -1,0 +1,7 @@
+"""``python -m nodeopt COMMAND ...`` (also under torchrun)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,26 @@
+"""Layer 6: the command line, ``nodeopt train`` and ``nodeopt plot``."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = ("train", "plot")
+
+
+def main(argv=None) -> int:
+    """``nodeopt COMMAND ...``: dispatch to the command's own parser."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: nodeopt {train,plot} ...\n\n"
+              "  train   train a neural ODE on one dataset (nodeopt train --help)\n"
+              "  plot    overlay the curves of run directories in one PNG (nodeopt plot --help)")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from .train import main as train
+        return train(rest)
+    if command == "plot":
+        from .plot import main as plot
+        return plot(rest)
+    print(f"nodeopt: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+    return 2

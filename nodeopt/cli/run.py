@@ -1,0 +1,158 @@
+"""Build a run from resolved settings, train it, and report: the body of ``nodeopt train``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+import torch
+
+from .. import data
+from ..optim import IntegrationTimeOptimizer
+from ..tasks import Budget, CheckpointError, RunDir, Trainer, make_optimizers, make_task
+from ..tasks.tasks import ode_blocks
+
+logger = logging.getLogger("nodeopt.train")
+
+
+def build(s: dict):
+    """The task, model, optimisers, SNOpt, t1 optimiser and schedulers of settings ``s``."""
+    from .train import block_options, model_options
+    dataset = data.load(s["task"], s["dataset"], data_dir=s["data_dir"], download=s["download"])
+    task = make_task(s["task"], dataset, s["device"])
+    torch.manual_seed(s["seed"])  # the command line resolves the one seed of the run
+    model = task.build_model(**model_options(s), **block_options(s))
+    optimizers, precond = make_optimizers(
+        s["optimizer"], model, lr=s["lr"], momentum=s["momentum"] or 0.0, weight_decay=s["weight_decay"],
+        lr2=s["lr2"], snopt_eps=s["snopt_eps"], snopt_freq=s["snopt_freq"], snopt_step_size=s["snopt_step_size"])
+    t1_opt = None
+    if s["t1_optimize"]:
+        blocks = ode_blocks(model)
+        if len(blocks) != 1:
+            raise ValueError(f"--t1-optimize needs a model with one ODE block; this one has {len(blocks)}")
+        t1_opt = IntegrationTimeOptimizer(blocks[0], method=s["t1_optimize"], t1_lr=s["t1_lr"], t1_reg=s["t1_reg"],
+                                          t1_update_freq=s["t1_update_freq"])
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=s["milestones"], gamma=s["gamma"])
+                  for o in optimizers] if s["milestones"] else []
+    return task, model, optimizers, precond, t1_opt, schedulers
+
+
+def run_training(s: dict, resume: bool = False, progress: bool = True, plots: bool = True) -> int:
+    """Train with settings ``s`` (see ``nodeopt.cli.train``); returns the process exit code."""
+    run = RunDir(s["run_dir"])
+    try:
+        task, model, optimizers, precond, t1_opt, schedulers = build(s)
+    except (data.DataUnavailable, data.DataCorrupt, ImportError, ValueError) as err:
+        print(f"nodeopt train: {err}", file=sys.stderr)
+        return 2
+    trainer = Trainer(task, model, optimizers, run, batch_size=s["batch_size"], seed=s["seed"], precond=precond,
+                      t1_optimizer=t1_opt, schedulers=schedulers, eval_every=s["eval_every"],
+                      checkpoint_every=s["checkpoint_every"])
+    iterations = s["iterations"] or s["epochs"] * trainer.batches_per_epoch
+    if resume:
+        try:
+            trainer.restore(run.load_checkpoint(map_location=task.device))
+        except CheckpointError as err:
+            print(f"nodeopt train: {err}", file=sys.stderr)
+            return 2
+        if trainer.progress.iteration >= iterations:
+            print(f"nodeopt train: the run in {run.path} already has {trainer.progress.iteration} iterations; "
+                  f"give a larger --iterations or --epochs to train further", file=sys.stderr)
+            return 2
+    config = dict(settings=s, resolved_iterations=iterations, batches_per_epoch=trainer.batches_per_epoch,
+                  data=task.describe(), parameters=sum(p.numel() for p in model.parameters()),
+                  versions=_versions(), command=sys.argv)
+    run.write_config(config)
+    bar = _progress_bar(progress, iterations, trainer.progress.iteration, task.metric)
+    trainer.on_iteration = bar.update if bar is not None else _log_evaluations
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit(Budget(iterations, s["time_budget"]))
+    except RuntimeError as err:  # the solver gave up (a blown-up field, too many steps)
+        if bar is not None:
+            bar.close()
+        trainer.progress.stopped = "solver failure"
+        run.write_summary(_summary(trainer, s, config, str(err).splitlines()[0]))
+        print(f"nodeopt train: training stopped at iteration {trainer.progress.iteration}: "
+              f"{str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    if bar is not None:
+        bar.close()
+    summary = _summary(trainer, s, config)
+    run.write_summary(summary)
+    if plots:
+        _plots(run, task, model)
+    _print_summary(summary, time.perf_counter() - t0)
+    return 0 if result.stopped != "diverged" else 1
+
+
+def _versions() -> dict:
+    from .train import versions
+    return versions()
+
+
+def _summary(trainer: Trainer, s: dict, config: dict, error: str = "") -> dict:
+    p = trainer.progress
+    return dict(run_dir=s["run_dir"], task=s["task"], dataset=s["dataset"], optimizer=s["optimizer"],
+                gradient=s["gradient"], metric_name=trainer.task.metric, iterations=p.iteration,
+                train_seconds=p.train_seconds, wall_seconds=p.wall_seconds, final_metric=p.last_metric,
+                best_metric=p.best_metric, stopped=p.stopped, error=error, data=config["data"])
+
+
+def _print_summary(summary: dict, seconds: float) -> None:
+    metric = summary["final_metric"]
+    shown = "n/a" if metric is None or not math.isfinite(metric) else f"{metric:.4f}"
+    print(f"{summary['task']}/{summary['dataset']} with {summary['optimizer']} ({summary['gradient']}): "
+          f"{summary['metric_name']} {shown} (best {summary['best_metric']}) after {summary['iterations']} "
+          f"iterations, {summary['train_seconds']:.1f} s of training ({seconds:.1f} s in all); "
+          f"stopped: {summary['stopped']}; run directory {summary['run_dir']}")
+
+
+def _log_evaluations(row: dict) -> None:
+    if row.get("metric") is not None:
+        logger.info("iteration %d: loss %.4f, metric %.4f, NFE %s/%s, %.1f s", row["iteration"], row["loss"],
+                    row["metric"], row["nfe_forward"], row["nfe_backward"], row["train_seconds"])
+
+
+class _Bar:
+    def __init__(self, tqdm, total, initial, metric):
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True)
+        self.metric = metric
+        self.last_metric = None
+
+    def update(self, row):
+        if row.get("metric") is not None:
+            self.last_metric = row["metric"]
+        post = dict(loss=f"{row['loss']:.4f}", nfe=f"{row['nfe_forward']}/{row['nfe_backward']}")
+        if self.last_metric is not None:
+            post["metric"] = f"{self.last_metric:.4f}"
+        if row.get("t1") is not None:
+            post["t1"] = f"{row['t1']:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def _progress_bar(wanted: bool, total: int, initial: int, metric: str):
+    """A tqdm bar on a terminal; None (quiet, with evaluations logged) otherwise or without tqdm."""
+    if not wanted or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return _Bar(tqdm, total, initial, metric)
+
+
+def _plots(run: RunDir, task, model) -> None:
+    try:
+        from ..tasks import plots
+        plots.plot_curves([run.path], run.file("curves.png"), metric_name=task.metric)
+        if task.kind == "density" and task.dataset.dim == 2:
+            plots.plot_density_2d(model, task.dataset.x_test, run.file("density.png"))
+    except ImportError as err:
+        logger.warning("no plots: %s", err)

@@ -1,0 +1,231 @@
+"""``nodeopt train``: train one model on one dataset and write its run directory."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import data
+from ..gradients.base import GRADIENTS
+from ..solvers.methods import METHODS
+from . import defaults
+
+logger = logging.getLogger("nodeopt.train")
+
+# Settings a resumed run takes from its config.json; only these may change on --resume.
+BUDGET_FLAGS = ("iterations", "epochs", "time_budget", "device", "quiet", "no_plots")
+
+
+def _number(kind, test, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE = _number(float, lambda v: v > 0, "a positive number")
+NONNEGATIVE = _number(float, lambda v: v >= 0, "a number ≥ 0")
+COUNT = _number(int, lambda v: v >= 1, "a whole number ≥ 1")
+FRACTION = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``nodeopt train`` (every default is resolved later, per task and dataset)."""
+    g = p.add_argument_group("what to train")
+    g.add_argument("--task", choices=sorted(defaults.TASK), default=None,
+                   help="image classification, time-series classification or density estimation (default: image)")
+    g.add_argument("--dataset", default=None,
+                   help="a dataset of the task (default: the task's offline one: digits, japanese-vowels, moons); "
+                        "see `nodeopt train --list-datasets`")
+    g.add_argument("--data-dir", default=None, help="where dataset files are (default: $NODEOPT_DATA, else "
+                                                    "~/.cache/nodeopt); missing files are downloaded there")
+    g.add_argument("--no-download", action="store_true", default=None,
+                   help="never download: fail at once when a file is missing")
+    g.add_argument("--list-datasets", action="store_true", help="list every dataset and whether it is on disk")
+    g = p.add_argument_group("model")
+    g.add_argument("--width", type=COUNT, default=None, help="image: feature channels of the ConvODENet")
+    g.add_argument("--hidden", type=COUNT, nargs="+", default=None,
+                   help="time series: hidden size of the ODE-RNN; density: hidden sizes of each CNF field")
+    g.add_argument("--blocks", type=COUNT, default=None, help="density: number of CNF blocks")
+    g.add_argument("--divergence", choices=("exact", "rademacher", "gaussian"), default=None,
+                   help="density: exact trace or Hutchinson's estimate")
+    g.add_argument("--t1", type=POSITIVE, default=None, help="the ODE's integration time (default 1)")
+    g = p.add_argument_group("solver and gradient")
+    g.add_argument("--gradient", choices=sorted(GRADIENTS), default=None,
+                   help="how gradients are computed (default: symplectic, exact at minimal memory)")
+    g.add_argument("--method", choices=sorted(METHODS), default=None, help="Runge-Kutta method (default dopri5)")
+    g.add_argument("--rtol", type=POSITIVE, default=None, help="relative tolerance (default 1e-3)")
+    g.add_argument("--atol", type=POSITIVE, default=None, help="absolute tolerance (default 1e-3)")
+    g = p.add_argument_group("optimiser")
+    g.add_argument("--optimizer", choices=("adam", "sgd", "snopt"), default=None,
+                   help="adam, sgd, or snopt (SNOpt in front of SGD; the default)")
+    g.add_argument("--lr", type=POSITIVE, default=None, help="learning rate (default per task and optimiser)")
+    g.add_argument("--momentum", type=FRACTION, default=None, help="SGD momentum (sgd and snopt)")
+    g.add_argument("--weight-decay", type=NONNEGATIVE, default=None, help="weight decay")
+    g.add_argument("--lr2", type=POSITIVE, default=None,
+                   help="if given, parameters outside the ODEs use Adam at this lr (the time-series recipes)")
+    g.add_argument("--milestones", type=COUNT, nargs="+", default=None,
+                   help="iterations at which the learning rates are multiplied by --gamma")
+    g.add_argument("--gamma", type=POSITIVE, default=None, help="learning-rate decay factor at the milestones")
+    g.add_argument("--snopt-eps", type=POSITIVE, default=None, help="SNOpt's damping eps (default 0.05)")
+    g.add_argument("--snopt-freq", type=COUNT, default=None, help="SNOpt's update_freq (default 100)")
+    g.add_argument("--snopt-step-size", type=POSITIVE, default=None, help="SNOpt's snopt_step_size")
+    g = p.add_argument_group("integration-time optimisation")
+    g.add_argument("--t1-optimize", choices=("baseline", "feedback"), default=None,
+                   help="co-optimise the ODE's t1 (image and density tasks)")
+    g.add_argument("--t1-lr", type=POSITIVE, default=None, help="t1's learning rate (default 0.1)")
+    g.add_argument("--t1-reg", type=NONNEGATIVE, default=None, help="quadratic penalty on t1 (default 1e-3)")
+    g.add_argument("--t1-update-freq", type=COUNT, default=None, help="move t1 every this many iterations")
+    g = p.add_argument_group("budget and bookkeeping")
+    g.add_argument("--epochs", type=COUNT, default=None, help="passes over the training set")
+    g.add_argument("--iterations", type=COUNT, default=None, help="total iterations (overrides --epochs)")
+    g.add_argument("--time-budget", type=POSITIVE, default=None, help="stop after this many training seconds")
+    g.add_argument("--batch-size", type=COUNT, default=None, help="examples per iteration")
+    g.add_argument("--eval-every", type=COUNT, default=None, help="evaluate the test metric every N iterations")
+    g.add_argument("--checkpoint-every", type=COUNT, default=None, help="write checkpoint.pt every N iterations")
+    g.add_argument("--seed", type=int, default=None, help="seed of the initialisation and the batch order")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where to train (default: cuda when available)")
+    g.add_argument("--run-dir", default=None,
+                   help="the run directory (default runs/<task>-<dataset>-<optimizer>-<timestamp>)")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR from its last checkpoint (give a larger --iterations or "
+                        "--epochs to train further)")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    g.add_argument("--no-plots", action="store_true", default=None, help="do not write PNG plots")
+
+
+def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Every setting of the run, from the flags and the defaults; bad values stop with the flag named."""
+    given = vars(args)
+    task = given["task"] or "image"
+    dataset = given["dataset"] or defaults.TASK[task]["dataset"]
+    if dataset not in data.DATASETS[task]:
+        parser.error(f"argument --dataset: {dataset!r} is not a {task} dataset; choose one of "
+                     f"{', '.join(data.DATASETS[task])}")
+    optimizer = given["optimizer"] or "snopt"
+    s = dict(task=task, dataset=dataset, optimizer=optimizer)
+    for name in ("data_dir", "width", "hidden", "blocks", "divergence", "activation", "field_width", "field_layers",
+                 "t1", "gradient", "method", "rtol", "atol", "lr", "momentum", "weight_decay", "lr2", "milestones",
+                 "gamma", "snopt_eps", "snopt_freq", "snopt_step_size", "t1_optimize", "t1_lr", "t1_reg",
+                 "t1_update_freq", "epochs", "iterations", "time_budget", "batch_size", "eval_every",
+                 "checkpoint_every", "seed", "device", "run_dir"):
+        s[name] = defaults.resolve(name, task, dataset, optimizer, given.get(name))
+    if optimizer == "adam":
+        s["momentum"] = None
+    if task == "timeseries" and isinstance(s["hidden"], list):
+        s["hidden"] = s["hidden"][0]
+    if task == "timeseries" and s["t1_optimize"]:
+        parser.error("argument --t1-optimize: the time-series model solves one ODE per observation gap; "
+                     "integration-time optimisation is for the image and density tasks")
+    s["download"] = not given.get("no_download")
+    s["device"] = _device(s["device"], parser)
+    if s["iterations"] is None and s["epochs"] is None:
+        s["epochs"] = 10
+    return s
+
+
+def _device(name, parser) -> str:
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    return name
+
+
+def block_options(s: dict) -> dict:
+    return dict(rtol=s["rtol"], atol=s["atol"], method=s["method"], gradient=s["gradient"], t1=s["t1"])
+
+
+def model_options(s: dict) -> dict:
+    if s["task"] == "image":
+        return dict(width=s["width"])
+    if s["task"] == "timeseries":
+        return dict(hidden=s["hidden"], field_width=s["field_width"], field_layers=s["field_layers"])
+    return dict(hidden=list(s["hidden"]), blocks=s["blocks"], activation=s["activation"],
+                divergence=s["divergence"])
+
+
+def versions() -> dict:
+    import numpy
+
+    from .. import __version__
+    out = dict(nodeopt=__version__, torch=torch.__version__, numpy=numpy.__version__,
+               python=platform.python_version(), platform=platform.platform())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def default_run_dir(s: dict) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{s['task']}-{s['dataset']}-{s['optimizer']}-{stamp}")
+
+
+def main(argv=None, prog: str = "nodeopt train") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Train a neural ODE on one dataset and write its run "
+                                     "directory (config.json, metrics.csv, checkpoint.pt, plots).")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.list_datasets:
+        for task, specs in data.DATASETS.items():
+            for name in specs:
+                where = "offline" if specs[name].offline else (
+                    "on disk" if data.is_available(task, name, args.data_dir) else "not on disk")
+                print(f"{task:11s} {name:16s} {where}")
+        return 0
+    if args.resume:
+        settings = _resumed_settings(args, parser)
+    else:
+        settings = resolve_settings(args, parser)
+        settings["run_dir"] = settings["run_dir"] or default_run_dir(settings)
+    from .run import run_training
+    return run_training(settings, resume=bool(args.resume), progress=not args.quiet, plots=not args.no_plots)
+
+
+def _resumed_settings(args, parser) -> dict:
+    from ..tasks import CheckpointError, RunDir
+    try:
+        config = RunDir(args.resume).read_config()
+    except CheckpointError as err:
+        parser.error(f"argument --resume: {err}")
+    s = dict(config["settings"])
+    for name, value in vars(args).items():
+        if value is None or name in ("resume", "list_datasets") or name in BUDGET_FLAGS:
+            continue
+        recorded = s.get(name.replace("no_download", "download"))
+        if name == "no_download" or value == recorded:
+            continue
+        parser.error(f"argument --{name.replace('_', '-')}: cannot be changed when resuming (the run used "
+                     f"{recorded!r}); only --iterations, --epochs, --time-budget and --device may")
+    for name in ("iterations", "epochs", "time_budget"):
+        if getattr(args, name) is not None:
+            s[name] = getattr(args, name)
+            if name == "epochs":
+                s["iterations"] = None
+    s["device"] = _device(args.device or s["device"], parser)
+    s["run_dir"] = str(Path(args.resume))
+    return s
+
+
+if __name__ == "__main__":
+    sys.exit(main())

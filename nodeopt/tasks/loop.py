@@ -1,0 +1,269 @@
+"""One training loop for every task, optimiser, gradient method and solver.
+
+Read top to bottom, an iteration is::
+
+    precond.train_itr_setup()            # SNOpt: gather curvature on refresh iterations
+    loss = task.loss(model, batch); loss.backward()
+    t1_optimizer.record()                # dL/dt1 for the integration-time optimiser
+    precond.step(); optimizer.step()     # precondition, then the base optimiser's step
+    t1_optimizer.step(); scheduler.step()
+
+Training time (``train_seconds``) counts only these iterations, never evaluation.
+Batches come from a per-epoch permutation drawn from ``torch.Generator().manual_seed
+(seed · 1_000_003 + epoch)``, so a resumed run sees exactly the batches of an
+uninterrupted one; the global RNG state (Hutchinson noise) is saved in the checkpoint.
+SIGINT and SIGTERM stop the loop at the end of the current iteration, after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .rundir import CheckpointError, RunDir
+from .tasks import Task, ode_blocks, solve_counts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    iteration: int = 0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    best_metric: Optional[float] = None
+    last_metric: Optional[float] = None
+    first_loss: Optional[float] = None
+    stopped: str = ""
+
+
+@dataclass
+class Budget:
+    """When to stop: after ``iterations`` (total, counted from the start of the run), or when the
+    training clock passes ``seconds``."""
+
+    iterations: int
+    seconds: Optional[float] = None
+
+
+@dataclass
+class Trainer:
+    """Trains ``model`` on ``task``; writes the run directory ``run`` (see :mod:`nodeopt.tasks.rundir`).
+
+    Args:
+        task, model, optimizer: what to train and with which ``torch.optim`` optimiser
+            (or a list of them, e.g. the time-series recipes' second optimiser).
+        batch_size: examples per iteration; seed: of the batch order.
+        precond: a :class:`~nodeopt.optim.SNOpt` in front of the optimiser, or None.
+        t1_optimizer: an :class:`~nodeopt.optim.IntegrationTimeOptimizer`, or None.
+        schedulers: ``torch.optim.lr_scheduler`` objects stepped every iteration.
+        eval_every: evaluate the test metric every this many iterations (and at the end).
+        checkpoint_every: write ``checkpoint.pt`` every this many iterations (and at the end).
+        on_iteration: called with each metrics row (a progress bar, say).
+        diverge_factor: stop when the loss is NaN/inf or exceeds this multiple of the first loss.
+    """
+
+    task: Task
+    model: nn.Module
+    optimizer: object
+    run: RunDir
+    batch_size: int
+    seed: int = 0
+    precond: Optional[object] = None
+    t1_optimizer: Optional[object] = None
+    schedulers: list = field(default_factory=list)
+    eval_every: int = 10
+    checkpoint_every: int = 100
+    on_iteration: Optional[Callable[[dict], None]] = None
+    diverge_factor: float = 1e3
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self):
+        self.optimizers = self.optimizer if isinstance(self.optimizer, (list, tuple)) else [self.optimizer]
+        self.blocks = ode_blocks(self.model)
+        self._stop_requested = ""
+        if self.batch_size > self.task.n_train:
+            raise ValueError(f"--batch-size {self.batch_size} is larger than the training set "
+                             f"({self.task.n_train} examples); use at most {self.task.n_train}")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, self.task.n_train // self.batch_size)
+
+    def batch(self, iteration: int) -> tuple[int, torch.Tensor]:
+        """The epoch and the training indices of an iteration (the last incomplete batch is dropped)."""
+        epoch, i = divmod(iteration, self.batches_per_epoch)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.task.n_train, generator=gen)
+        return epoch, perm[i * self.batch_size:(i + 1) * self.batch_size].to(self.task.device)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, budget: Budget) -> Progress:
+        """Train until the budget is spent, a stop signal arrives, or the loss diverges."""
+        p = self.progress
+        self.run.open_metrics(keep_until=p.iteration)
+        self.model.train()
+        wall0 = time.perf_counter() - p.wall_seconds
+        try:
+            with self._stop_on_signals():
+                while p.iteration < budget.iterations and not self._stop_requested:
+                    if budget.seconds is not None and p.train_seconds >= budget.seconds:
+                        p.stopped = "time budget"
+                        break
+                    row = self._iteration()
+                    last = (p.iteration >= budget.iterations or self._stop_requested
+                            or (budget.seconds is not None and p.train_seconds >= budget.seconds))
+                    if self._diverged(row["loss"]):
+                        last = True
+                    elif p.iteration % self.eval_every == 0 or last:
+                        row["metric"] = self._evaluate()
+                    p.wall_seconds = time.perf_counter() - wall0
+                    row["wall_seconds"] = p.wall_seconds
+                    self.run.append_metrics(row)
+                    if self.on_iteration is not None:
+                        self.on_iteration(row)
+                    if p.stopped == "diverged":
+                        break
+                    if p.iteration % self.checkpoint_every == 0 and not last:
+                        self.save()
+                p.stopped = p.stopped or self._stop_requested or "budget"
+                self.save()
+        finally:
+            self.run.close()
+        return p
+
+    def _iteration(self) -> dict:
+        p = self.progress
+        epoch, idx = self.batch(p.iteration)
+        for block in self.blocks:
+            block.reset_stats()
+        _sync(self.task.device)
+        t0 = time.perf_counter()
+        try:
+            if self.precond is not None:
+                self.precond.train_itr_setup()
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss = self.task.loss(self.model, idx)
+            loss.backward()
+            if self.t1_optimizer is not None:
+                self.t1_optimizer.record()
+            if self.precond is not None:
+                self.precond.step()
+            for opt in self.optimizers:
+                opt.step()
+        except Exception:
+            if self.precond is not None:
+                self.precond.end_capture()
+            raise
+        t1 = self.t1_optimizer.step() if self.t1_optimizer is not None else (
+            self.blocks[0].t1 if len(self.blocks) == 1 else None)
+        for sched in self.schedulers:
+            sched.step()
+        value = loss.item()  # synchronises the device
+        p.train_seconds += time.perf_counter() - t0
+        p.iteration += 1
+        nfe_forward, nfe_backward = solve_counts(self.model)
+        return dict(iteration=p.iteration, epoch=epoch, train_seconds=p.train_seconds, loss=value,
+                    nfe_forward=nfe_forward, nfe_backward=nfe_backward, t1=t1,
+                    lr=self.optimizers[0].param_groups[0]["lr"])
+
+    def _evaluate(self) -> float:
+        value = self.task.evaluate(self.model)
+        p = self.progress
+        p.last_metric = value
+        if math.isfinite(value) and (p.best_metric is None or self.task.better(value, p.best_metric)):
+            p.best_metric = value
+        return value
+
+    def _diverged(self, loss: float) -> bool:
+        p = self.progress
+        p.first_loss = loss if p.first_loss is None else p.first_loss
+        if math.isfinite(loss) and loss <= abs(p.first_loss) * self.diverge_factor + 1.0:
+            return False
+        p.stopped = "diverged"
+        logger.error("training diverged at iteration %d: loss %.4g (first loss %.4g)", p.iteration, loss,
+                     p.first_loss)
+        return True
+
+    @contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM ask the loop to stop after the current iteration (main thread only)."""
+        def handler(signum, frame):
+            self._stop_requested = signal.Signals(signum).name
+            logger.warning("%s received: stopping after this iteration and writing a checkpoint",
+                           self._stop_requested)
+
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        out = dict(model=self.model.state_dict(), optimizers=[o.state_dict() for o in self.optimizers],
+                   schedulers=[s.state_dict() for s in self.schedulers],
+                   progress=dict(vars(self.progress)), rng_cpu=torch.get_rng_state())
+        if torch.cuda.is_available():
+            out["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if self.precond is not None:
+            out["precond"] = self.precond.state_dict()
+        if self.t1_optimizer is not None:
+            out["t1_optimizer"] = self.t1_optimizer.state_dict()
+        return out
+
+    def save(self) -> None:
+        self.run.save_checkpoint(self.state())
+
+    def restore(self, state: dict) -> None:
+        """Load a checkpoint written by :meth:`save` (from :meth:`RunDir.load_checkpoint`)."""
+        path = self.run.file("checkpoint.pt")
+        try:
+            self.model.load_state_dict(state["model"])
+            for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(s)
+            for sched, s in zip(self.schedulers, state.get("schedulers", []), strict=True):
+                sched.load_state_dict(s)
+            if (self.precond is None) != ("precond" not in state):
+                raise ValueError("the checkpoint was written with a different optimiser (SNOpt or not)")
+            if self.precond is not None:
+                self.precond.load_state_dict(state["precond"])
+            if (self.t1_optimizer is None) != ("t1_optimizer" not in state):
+                raise ValueError("the checkpoint was written with different --t1-optimize settings")
+            if self.t1_optimizer is not None:
+                self.t1_optimizer.load_state_dict(state["t1_optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path} does not match this run's model or optimisers "
+                                  f"({str(err).splitlines()[0][:300]}); resume with the run's own settings "
+                                  f"(they are in config.json)") from None
+        self.progress = Progress(**state["progress"])
+        self.progress.stopped = ""
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
