@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Trains the default: scikit-learn's digits, SNOpt on the symplectic adjoint (a couple of minutes on a CPU).
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) -m nodeopt train
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]' $(TORCH)
@@ -32,6 +33,8 @@ bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.solvers
 	$(PY) -m benchmarks.gradients
 	$(PY) -m benchmarks.optimizers
+	$(PY) -m benchmarks.snopt_stability
+	$(PY) -m benchmarks.train_loop
 
 clean:
 	rm -rf $(VENV) build *.egg-info

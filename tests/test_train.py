@@ -188,6 +188,14 @@ def test_bad_flags_are_rejected_naming_the_flag(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_a_new_run_never_writes_over_an_existing_one(tmp_path, capsys):
+    code, run = _train(tmp_path, "r", "--iterations", "2")
+    before = (run / "metrics.csv").read_text()
+    assert _train(tmp_path, "r", "--iterations", "2")[0] == 2
+    assert f"{run} already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert (run / "metrics.csv").read_text() == before
+
+
 def test_resume_refuses_to_change_the_run_settings(tmp_path, capsys):
     code, run = _train(tmp_path, "r", "--iterations", "2")
     with pytest.raises(SystemExit):

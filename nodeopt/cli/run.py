@@ -42,6 +42,10 @@ def build(s: dict):
 def run_training(s: dict, resume: bool = False, progress: bool = True, plots: bool = True) -> int:
     """Train with settings ``s`` (see ``nodeopt.cli.train``); returns the process exit code."""
     run = RunDir(s["run_dir"])
+    if not resume and run.file("metrics.csv").exists():
+        print(f"nodeopt train: {run.path} already holds a run; continue it with --resume {run.path}, or choose "
+              f"another --run-dir", file=sys.stderr)
+        return 2
     try:
         task, model, optimizers, precond, t1_opt, schedulers = build(s)
     except (data.DataUnavailable, data.DataCorrupt, ImportError, ValueError) as err:
