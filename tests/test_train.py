@@ -234,3 +234,13 @@ def test_python_dash_m_and_the_console_script_reach_the_same_command():
     assert out.returncode == 0 and "--t1-optimize" in out.stdout and "--resume RUN_DIR" in out.stdout
     script = Path(sys.executable).parent / "nodeopt"
     assert script.exists(), "the nodeopt console script is installed with the package"
+
+
+def test_epochs_and_the_time_budget_set_the_length_of_a_run(tmp_path):
+    code, run = _train(tmp_path, "epochs", "--epochs", "1", "--batch-size", "400", "--eval-every", "1000")
+    assert code == 0
+    assert len(_rows(run)) == 1437 // 400  # the last incomplete batch of an epoch is dropped
+    code, run = _train(tmp_path, "budget", "--iterations", "100000", "--time-budget", "0.3")
+    summary = json.loads((run / "summary.json").read_text())
+    assert code == 0 and summary["stopped"] == "time budget"
+    assert 0.3 <= summary["train_seconds"] < 30 and summary["iterations"] == len(_rows(run)) >= 1
