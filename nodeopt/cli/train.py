@@ -21,7 +21,7 @@ from . import defaults
 logger = logging.getLogger("nodeopt.train")
 
 # Settings a resumed run takes from its config.json; only these may change on --resume.
-BUDGET_FLAGS = ("iterations", "epochs", "time_budget", "device", "quiet", "no_plots")
+BUDGET_FLAGS = ("iterations", "epochs", "time_budget", "device")
 
 
 def _number(kind, test, what):
@@ -210,13 +210,13 @@ def _resumed_settings(args, parser) -> dict:
         parser.error(f"argument --resume: {err}")
     s = dict(config["settings"])
     for name, value in vars(args).items():
-        if value is None or name in ("resume", "list_datasets") or name in BUDGET_FLAGS:
-            continue
-        recorded = s.get(name.replace("no_download", "download"))
-        if name == "no_download" or value == recorded:
-            continue
-        parser.error(f"argument --{name.replace('_', '-')}: cannot be changed when resuming (the run used "
-                     f"{recorded!r}); only --iterations, --epochs, --time-budget and --device may")
+        if value is None or name in BUDGET_FLAGS or name not in s:
+            continue  # not given, allowed to change, or not a setting (--resume, --list-datasets)
+        if name == "hidden" and s["task"] == "timeseries":
+            value = value[0]
+        if value != s[name]:
+            parser.error(f"argument --{name.replace('_', '-')}: cannot be changed when resuming (the run used "
+                         f"{s[name]!r}); only --iterations, --epochs, --time-budget and --device may")
     for name in ("iterations", "epochs", "time_budget"):
         if getattr(args, name) is not None:
             s[name] = getattr(args, name)

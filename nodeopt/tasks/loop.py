@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -263,7 +262,3 @@ class Trainer:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
