@@ -180,6 +180,8 @@ def test_a_checkpoint_of_another_model_is_refused_with_the_file_named(tmp_path, 
     (["--lr", "fast"], "argument --lr: 'fast' is not a float"),
     (["--batch-size", "0"], "argument --batch-size: must be a whole number ≥ 1, got 0"),
     (["--task", "timeseries", "--t1-optimize", "feedback"], "argument --t1-optimize: the time-series model"),
+    (["--seminorm"], "argument --seminorm: applies to --gradient adjoint only (this run uses symplectic)"),
+    (["--train-fraction", "0"], "argument --train-fraction: must be a number in (0, 1], got 0"),
 ])
 def test_bad_flags_are_rejected_naming_the_flag(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -244,3 +246,11 @@ def test_epochs_and_the_time_budget_set_the_length_of_a_run(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert code == 0 and summary["stopped"] == "time budget"
     assert 0.3 <= summary["train_seconds"] < 30 and summary["iterations"] == len(_rows(run)) >= 1
+
+
+def test_a_fraction_of_the_training_set_and_the_seminorm_adjoint(tmp_path):
+    code, run = _train(tmp_path, "r", "--train-fraction", "0.1", "--gradient", "adjoint", "--seminorm",
+                       "--iterations", "2")
+    assert code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["train_rows_used"] == 143 and config["data"]["sizes"]["train"] == 1437

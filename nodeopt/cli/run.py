@@ -21,7 +21,7 @@ def build(s: dict):
     """The task, model, optimisers, SNOpt, t1 optimiser and schedulers of settings ``s``."""
     from .train import block_options, model_options
     dataset = data.load(s["task"], s["dataset"], data_dir=s["data_dir"], download=s["download"])
-    task = make_task(s["task"], dataset, s["device"])
+    task = make_task(s["task"], dataset, s["device"], train_fraction=s.get("train_fraction") or 1.0)
     torch.manual_seed(s["seed"])  # the command line resolves the one seed of the run
     model = task.build_model(**model_options(s), **block_options(s))
     optimizers, precond = make_optimizers(

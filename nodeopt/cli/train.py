@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "see `nodeopt train --list-datasets`")
     g.add_argument("--data-dir", default=None, help="where dataset files are (default: $NODEOPT_DATA, else "
                                                     "~/.cache/nodeopt); missing files are downloaded there")
+    g.add_argument("--train-fraction", type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                   default=None, help="train on this fraction of the training set (a fixed random subset; "
+                                      "the SNOpt code's --dataset-ratio)")
     g.add_argument("--no-download", action="store_true", default=None,
                    help="never download: fail at once when a file is missing")
     g.add_argument("--list-datasets", action="store_true", help="list every dataset and whether it is on disk")
@@ -67,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient", choices=sorted(GRADIENTS), default=None,
                    help="how gradients are computed (default: symplectic, exact at minimal memory)")
     g.add_argument("--method", choices=sorted(METHODS), default=None, help="Runge-Kutta method (default dopri5)")
+    g.add_argument("--seminorm", action="store_true", default=None,
+                   help="with --gradient adjoint: leave the parameters out of the backward error norm")
     g.add_argument("--rtol", type=POSITIVE, default=None, help="relative tolerance (default 1e-3)")
     g.add_argument("--atol", type=POSITIVE, default=None, help="absolute tolerance (default 1e-3)")
     g = p.add_argument_group("optimiser")
@@ -122,7 +127,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                  "t1", "gradient", "method", "rtol", "atol", "lr", "momentum", "weight_decay", "lr2", "milestones",
                  "gamma", "snopt_eps", "snopt_freq", "snopt_step_size", "t1_optimize", "t1_lr", "t1_reg",
                  "t1_update_freq", "epochs", "iterations", "time_budget", "batch_size", "eval_every",
-                 "checkpoint_every", "seed", "device", "run_dir"):
+                 "checkpoint_every", "seed", "device", "run_dir", "train_fraction", "seminorm"):
         s[name] = defaults.resolve(name, task, dataset, optimizer, given.get(name))
     if optimizer == "adam":
         s["momentum"] = None
@@ -131,6 +136,8 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if task == "timeseries" and s["t1_optimize"]:
         parser.error("argument --t1-optimize: the time-series model solves one ODE per observation gap; "
                      "integration-time optimisation is for the image and density tasks")
+    if s["seminorm"] and s["gradient"] != "adjoint":
+        parser.error(f"argument --seminorm: applies to --gradient adjoint only (this run uses {s['gradient']})")
     s["download"] = not given.get("no_download")
     s["device"] = _device(s["device"], parser)
     if s["iterations"] is None and s["epochs"] is None:
@@ -147,7 +154,9 @@ def _device(name, parser) -> str:
 
 
 def block_options(s: dict) -> dict:
-    return dict(rtol=s["rtol"], atol=s["atol"], method=s["method"], gradient=s["gradient"], t1=s["t1"])
+    from ..gradients import Adjoint
+    gradient = Adjoint(options={"norm": "seminorm"}) if s.get("seminorm") else s["gradient"]
+    return dict(rtol=s["rtol"], atol=s["atol"], method=s["method"], gradient=gradient, t1=s["t1"])
 
 
 def model_options(s: dict) -> dict:

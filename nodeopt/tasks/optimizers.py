@@ -22,7 +22,8 @@ def make_optimizers(name: str, model: nn.Module, *, lr: float, momentum: float =
         name: ``"adam"``, ``"sgd"`` or ``"snopt"``.
         lr, momentum, weight_decay: of the named optimiser (momentum: SGD and SNOpt's SGD only).
         lr2: when given, only the ODE blocks' parameters use the named optimiser, and every
-            other parameter uses ``Adam(lr2)`` (as the SNOpt code's time-series experiments).
+            other parameter uses ``Adam(lr2, weight_decay)`` (as the SNOpt code's time-series
+            experiments; SNOpt then preconditions the ODE layers only).
         snopt_eps, snopt_freq, snopt_step_size, full_precond: SNOpt's ``eps``,
             ``update_freq``, ``snopt_step_size`` and ``full_precond``.
 
@@ -41,7 +42,7 @@ def make_optimizers(name: str, model: nn.Module, *, lr: float, momentum: float =
         main = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     else:
         main = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    optimizers = [main] + ([torch.optim.Adam(second, lr=lr2)] if second else [])
+    optimizers = [main] + ([torch.optim.Adam(second, lr=lr2, weight_decay=weight_decay)] if second else [])
     precond = None
     if name == "snopt":
         precond = SNOpt(model, eps=snopt_eps, update_freq=snopt_freq, full_precond=full_precond and lr2 is None,

@@ -31,11 +31,12 @@ class Task:
     metric = ""
     higher_is_better = True
 
-    def __init__(self, dataset: Dataset, device: torch.device):
+    def __init__(self, dataset: Dataset, device: torch.device, train_fraction: float = 1.0):
         self.dataset = dataset
         self.device = torch.device(device)
-        self.x_train = dataset.x_train.to(self.device)
-        self.y_train = None if dataset.y_train is None else dataset.y_train.to(self.device)
+        self.train_rows = _subset(len(dataset.x_train), train_fraction)
+        self.x_train = dataset.x_train[self.train_rows].to(self.device)
+        self.y_train = None if dataset.y_train is None else dataset.y_train[self.train_rows].to(self.device)
 
     @property
     def n_train(self) -> int:
@@ -88,7 +89,7 @@ class Task:
 
     def describe(self) -> dict:
         d = self.dataset
-        return dict(task=self.kind, dataset=d.name, sizes=d.sizes, shape=list(d.shape), num_classes=d.num_classes,
+        return dict(task=self.kind, dataset=d.name, sizes=d.sizes, train_rows_used=self.n_train, shape=list(d.shape), num_classes=d.num_classes,
                     metric=self.metric, source=list(d.source))
 
 
@@ -115,12 +116,13 @@ class TimeSeriesClassification(Task):
 
     kind, metric = "timeseries", "test accuracy"
 
-    def __init__(self, dataset: Dataset, device: torch.device):
-        super().__init__(dataset, device)
+    def __init__(self, dataset: Dataset, device: torch.device, train_fraction: float = 1.0):
+        super().__init__(dataset, device, train_fraction)
         lengths = dataset.info.get("lengths", {})
         full = {s: torch.full((len(getattr(dataset, f"x_{s}")),), dataset.shape[0], dtype=torch.int64)
                 for s in ("train", "val", "test") if getattr(dataset, f"x_{s}") is not None}
         self.lengths = {s: lengths.get(s, full[s]).to(self.device) for s in full}
+        self.lengths["train"] = self.lengths["train"][self.train_rows.to(self.device)]
 
     def build_model(self, hidden: int = 32, field_width: int = 64, field_layers: int = 4, **block) -> nn.Module:
         return ODERNN(self.dataset.dim, self.dataset.num_classes, hidden=hidden, field_width=field_width,
@@ -153,13 +155,23 @@ class DensityEstimation(Task):
 TASKS = {"image": ImageClassification, "timeseries": TimeSeriesClassification, "density": DensityEstimation}
 
 
-def make_task(kind: str, dataset: Dataset, device) -> Task:
-    """The task of ``kind`` on ``dataset``; the dataset's kind must match."""
+def _subset(n: int, fraction: float) -> torch.Tensor:
+    """Row indices of the training set: all of them, or a fixed random ``fraction`` (seed 0)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction!r}")
+    if fraction == 1:
+        return torch.arange(n)
+    keep = max(1, int(fraction * n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:keep].sort().values
+
+
+def make_task(kind: str, dataset: Dataset, device, train_fraction: float = 1.0) -> Task:
+    """The task of ``kind`` on ``dataset`` (training on ``train_fraction`` of its training set)."""
     if kind not in TASKS:
         raise ValueError(f"unknown task {kind!r}; choose one of {', '.join(TASKS)}")
     if dataset.kind != kind:
         raise ValueError(f"dataset {dataset.name!r} is a {dataset.kind} dataset, not {kind}")
-    return TASKS[kind](dataset, device)
+    return TASKS[kind](dataset, device, train_fraction)
 
 
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
