@@ -1,24 +1,32 @@
-"""Layer 6: the command line, ``nodeopt train`` and ``nodeopt plot``."""
+"""Layer 6: the command line: ``nodeopt train``, ``reproduce``, ``plot`` and ``bench``."""
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "plot")
+COMMANDS = ("train", "reproduce", "plot", "bench")
 
 
 def main(argv=None) -> int:
     """``nodeopt COMMAND ...``: dispatch to the command's own parser."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: nodeopt {train,plot} ...\n\n"
-              "  train   train a neural ODE on one dataset (nodeopt train --help)\n"
-              "  plot    overlay the curves of run directories in one PNG (nodeopt plot --help)")
+        print("usage: nodeopt {train,reproduce,plot,bench} ...\n\n"
+              "  train      train a neural ODE on one dataset (nodeopt train --help)\n"
+              "  reproduce  run a paper's experiment by name (nodeopt reproduce --list)\n"
+              "  plot       overlay the curves of run directories in one PNG (nodeopt plot --help)\n"
+              "  bench      run a benchmark from a source checkout: solvers, gradients, optimizers, ...")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
         from .train import main as train
         return train(rest)
+    if command == "reproduce":
+        from .reproduce import main as reproduce
+        return reproduce(rest)
+    if command == "bench":
+        from .bench import main as bench
+        return bench(rest)
     if command == "plot":
         from .plot import main as plot
         return plot(rest)

@@ -99,7 +99,8 @@ def _versions() -> dict:
 
 def _summary(trainer: Trainer, s: dict, config: dict, error: str = "") -> dict:
     p = trainer.progress
-    return dict(run_dir=s["run_dir"], task=s["task"], dataset=s["dataset"], optimizer=s["optimizer"],
+    peak = torch.cuda.max_memory_allocated() if trainer.task.device.type == "cuda" else None
+    return dict(peak_cuda_bytes=peak, run_dir=s["run_dir"], task=s["task"], dataset=s["dataset"], optimizer=s["optimizer"],
                 gradient=s["gradient"], metric_name=trainer.task.metric, iterations=p.iteration,
                 train_seconds=p.train_seconds, wall_seconds=p.wall_seconds, final_metric=p.last_metric,
                 best_metric=p.best_metric, stopped=p.stopped, error=error, data=config["data"])

@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden", type=COUNT, nargs="+", default=None,
                    help="time series: hidden size of the ODE-RNN; density: hidden sizes of each CNF field")
     g.add_argument("--blocks", type=COUNT, default=None, help="density: number of CNF blocks")
+    g.add_argument("--activation", choices=("softplus", "tanh", "relu", "elu"), default=None,
+                   help="density: the activation of the CNF fields (default softplus)")
     g.add_argument("--divergence", choices=("exact", "rademacher", "gaussian"), default=None,
                    help="density: exact trace or Hutchinson's estimate")
     g.add_argument("--t1", type=POSITIVE, default=None, help="the ODE's integration time (default 1)")
