@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,8 +20,10 @@ def main(argv=None) -> int:
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"argument --labels: {len(args.labels)} labels for {len(args.runs)} runs")
     from ..tasks import plots
+    summary = Path(args.runs[0]) / "summary.json"
+    metric = json.loads(summary.read_text()).get("metric_name", "metric") if summary.is_file() else "metric"
     try:
-        out = plots.plot_curves(args.runs, args.out, labels=args.labels)
+        out = plots.plot_curves(args.runs, args.out, labels=args.labels, metric_name=metric)
     except ImportError as err:
         print(f"nodeopt plot: {err}", file=sys.stderr)
         return 2
