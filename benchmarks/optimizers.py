@@ -110,9 +110,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import nodeopt
+from nodeopt.data import digits
 from nodeopt.nn import CNF, ODEBlock
 from nodeopt.optim import SNOpt
 from nodeopt.optim import capture as snopt_capture
+from nodeopt.tasks.models import ConvField, MLPField
 
 from .machine import cpu_name
 
@@ -160,37 +162,6 @@ def batch_stream(n: int, batch: int, gen: torch.Generator):
 
 # ---- tasks -------------------------------------------------------------------------
 
-class ConvField(nn.Module):
-    """``dh/dt = conv(tanh(conv([h, t])), t)`` with the time as an extra channel."""
-
-    def __init__(self, channels: int = 16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels + 1, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels + 1, channels, 3, padding=1)
-
-    def forward(self, t, h):
-        tt = torch.as_tensor(t).to(h.dtype).expand(h.shape[0], 1, *h.shape[2:])
-        a = torch.tanh(self.conv1(torch.cat([h, tt], 1)))
-        return self.conv2(torch.cat([a, tt], 1))
-
-
-class MLPField(nn.Module):
-    """``dz/dt = W2 tanh(W1 [z, t]) (+ another tanh layer when depth == 3)``."""
-
-    def __init__(self, dim: int, width: int, depth: int = 2):
-        super().__init__()
-        self.l1 = nn.Linear(dim + 1, width)
-        self.l2 = nn.Linear(width, width) if depth == 3 else None
-        self.out = nn.Linear(width, dim)
-
-    def forward(self, t, z):
-        tt = torch.as_tensor(t).to(z.dtype).expand(z.shape[0], 1)
-        h = torch.tanh(self.l1(torch.cat([z, tt], 1)))
-        if self.l2 is not None:
-            h = torch.tanh(self.l2(h))
-        return self.out(h)
-
-
 class Task:
     name = ""
     metric = ""
@@ -231,19 +202,14 @@ class Digits(Task):
 
     def __init__(self, quick: bool):
         super().__init__(quick)
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-        x, y = load_digits(return_X_y=True)
-        xtr, xte, ytr, yte = train_test_split(x, y, test_size=360, stratify=y, random_state=0)
-        mean, std = xtr.mean(), xtr.std()
-        self.xtr = torch.tensor((xtr - mean) / std, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        self.xte = torch.tensor((xte - mean) / std, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        self.ytr, self.yte = torch.as_tensor(ytr), torch.as_tensor(yte)
+        data = digits()  # nodeopt.data: the stratified 1437/360 split, standardised with the training pixels
+        self.xtr, self.xte, self.ytr, self.yte = data.x_train, data.x_test, data.y_train, data.y_test
         self.n_train = len(self.ytr)
 
     def make_model(self, gradient: str = "symplectic") -> nn.Module:
         return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1),
-                             ODEBlock(ConvField(16), rtol=1e-3, atol=1e-3, method="dopri5", gradient=gradient,
+                             ODEBlock(ConvField(16, "tanh", time_last=True), rtol=1e-3, atol=1e-3, method="dopri5",
+                                      gradient=gradient,
                                       options={"max_num_steps": 300}),
                              nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10))
 
@@ -270,7 +236,7 @@ class Moons(Task):
         self.n_train = len(self.xtr)
 
     def make_model(self, gradient: str = "symplectic") -> nn.Module:
-        return ODEBlock(CNF(MLPField(2, 64, depth=3), divergence="exact"), rtol=1e-4, atol=1e-4, method="dopri5",
+        return ODEBlock(CNF(MLPField(2, 64, layers=3), divergence="exact"), rtol=1e-4, atol=1e-4, method="dopri5",
                         gradient=gradient, options={"max_num_steps": 300})
 
     @staticmethod
@@ -291,7 +257,7 @@ class SeriesModel(nn.Module):
     def __init__(self, length: int, hidden: int = 32, readouts: int = 5, classes: int = 3):
         super().__init__()
         self.encoder = nn.Linear(length, hidden)
-        self.ode = ODEBlock(MLPField(hidden, 64), rtol=1e-3, atol=1e-3, method="dopri5", gradient="symplectic",
+        self.ode = ODEBlock(MLPField(hidden, 64, layers=2), rtol=1e-3, atol=1e-3, method="dopri5", gradient="symplectic",
                             return_all=True, options={"max_num_steps": 300})
         self.register_buffer("readout_times", torch.linspace(0.0, 1.0, readouts, dtype=torch.float64))
         self.head = nn.Linear(readouts * hidden, classes)

@@ -24,25 +24,27 @@ def _time_like(t, x: torch.Tensor, shape) -> torch.Tensor:
 
 
 class ConcatConv2d(nn.Module):
-    """A convolution of ``[t, x]``: the time enters as a constant extra channel."""
+    """A convolution of ``[t, x]`` (or ``[x, t]`` with ``time_last``): the time is a constant extra channel."""
 
-    def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3, padding: int = 1):
+    def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3, padding: int = 1,
+                 time_last: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(channels_in + 1, channels_out, kernel_size, padding=padding)
+        self.time_last = time_last
 
     def forward(self, t, x: torch.Tensor) -> torch.Tensor:
         tt = _time_like(t, x, (x.shape[0], 1, *x.shape[2:]))
-        return self.conv(torch.cat([tt, x], 1))
+        return self.conv(torch.cat([x, tt] if self.time_last else [tt, x], 1))
 
 
 class ConvField(nn.Module):
     """``dh/dt = conv₂(t, σ(conv₁(t, h)))``: two concat-time 3×3 convolutions."""
 
-    def __init__(self, channels: int, activation: str = "relu"):
+    def __init__(self, channels: int, activation: str = "relu", time_last: bool = False):
         super().__init__()
-        self.conv1 = ConcatConv2d(channels, channels)
+        self.conv1 = ConcatConv2d(channels, channels, time_last=time_last)
         self.act = ACTIVATIONS[activation]()
-        self.conv2 = ConcatConv2d(channels, channels)
+        self.conv2 = ConcatConv2d(channels, channels, time_last=time_last)
 
     def forward(self, t, h: torch.Tensor) -> torch.Tensor:
         return self.conv2(t, self.act(self.conv1(t, h)))
