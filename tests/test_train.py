@@ -248,9 +248,26 @@ def test_epochs_and_the_time_budget_set_the_length_of_a_run(tmp_path):
     assert 0.3 <= summary["train_seconds"] < 30 and summary["iterations"] == len(_rows(run)) >= 1
 
 
+def test_a_fixed_step_method_trains_too(tmp_path):
+    assert _train(tmp_path, "r", "--method", "rk4", "--iterations", "2")[0] == 0
+
+
 def test_a_fraction_of_the_training_set_and_the_seminorm_adjoint(tmp_path):
     code, run = _train(tmp_path, "r", "--train-fraction", "0.1", "--gradient", "adjoint", "--seminorm",
                        "--iterations", "2")
     assert code == 0
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["train_rows_used"] == 143 and config["data"]["sizes"]["train"] == 1437
+
+
+def test_a_run_that_blows_up_stops_with_a_clear_line_and_keeps_its_last_finite_checkpoint(tmp_path, capsys):
+    code, run = _train(tmp_path, "r", "--optimizer", "sgd", "--lr", "1000", "--iterations", "50",
+                       "--checkpoint-every", "1", "--max-steps", "100")
+    assert code == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] in ("diverged", "solver failure")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["progress"]["iteration"] < summary["iterations"] or summary["stopped"] == "solver failure"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("training stopped at iteration" in err or "diverged" in err)

@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=sorted(METHODS), default=None, help="Runge-Kutta method (default dopri5)")
     g.add_argument("--seminorm", action="store_true", default=None,
                    help="with --gradient adjoint: leave the parameters out of the backward error norm")
+    g.add_argument("--max-steps", type=COUNT, default=None,
+                   help="most solver steps per solve (default 1000): a blown-up field fails fast instead of "
+                        "crawling")
     g.add_argument("--rtol", type=POSITIVE, default=None, help="relative tolerance (default 1e-3)")
     g.add_argument("--atol", type=POSITIVE, default=None, help="absolute tolerance (default 1e-3)")
     g = p.add_argument_group("optimiser")
@@ -129,7 +132,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                  "t1", "gradient", "method", "rtol", "atol", "lr", "momentum", "weight_decay", "lr2", "milestones",
                  "gamma", "snopt_eps", "snopt_freq", "snopt_step_size", "t1_optimize", "t1_lr", "t1_reg",
                  "t1_update_freq", "epochs", "iterations", "time_budget", "batch_size", "eval_every",
-                 "checkpoint_every", "seed", "device", "run_dir", "train_fraction", "seminorm"):
+                 "checkpoint_every", "seed", "device", "run_dir", "train_fraction", "seminorm", "max_steps"):
         s[name] = defaults.resolve(name, task, dataset, optimizer, given.get(name))
     if optimizer == "adam":
         s["momentum"] = None
@@ -158,7 +161,10 @@ def _device(name, parser) -> str:
 def block_options(s: dict) -> dict:
     from ..gradients import Adjoint
     gradient = Adjoint(options={"norm": "seminorm"}) if s.get("seminorm") else s["gradient"]
-    return dict(rtol=s["rtol"], atol=s["atol"], method=s["method"], gradient=gradient, t1=s["t1"])
+    from ..solvers.methods import get_method
+    adaptive = get_method(s["method"]).adaptive  # fixed-step methods take no step limit
+    return dict(rtol=s["rtol"], atol=s["atol"], method=s["method"], gradient=gradient, t1=s["t1"],
+                options={"max_num_steps": s["max_steps"]} if adaptive else None)
 
 
 def model_options(s: dict) -> dict:

@@ -92,6 +92,7 @@ class Trainer:
         self.optimizers = self.optimizer if isinstance(self.optimizer, (list, tuple)) else [self.optimizer]
         self.blocks = ode_blocks(self.model)
         self._stop_requested = ""
+        self._permutation = (None, None)  # (epoch, its permutation)
         if self.batch_size > self.task.n_train:
             raise ValueError(f"--batch-size {self.batch_size} is larger than the training set "
                              f"({self.task.n_train} examples); use at most {self.task.n_train}")
@@ -103,9 +104,10 @@ class Trainer:
     def batch(self, iteration: int) -> tuple[int, torch.Tensor]:
         """The epoch and the training indices of an iteration (the last incomplete batch is dropped)."""
         epoch, i = divmod(iteration, self.batches_per_epoch)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.task.n_train, generator=gen)
-        return epoch, perm[i * self.batch_size:(i + 1) * self.batch_size].to(self.task.device)
+        if self._permutation[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._permutation = (epoch, torch.randperm(self.task.n_train, generator=gen).to(self.task.device))
+        return epoch, self._permutation[1][i * self.batch_size:(i + 1) * self.batch_size]
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, budget: Budget) -> Progress:
@@ -137,7 +139,8 @@ class Trainer:
                     if p.iteration % self.checkpoint_every == 0 and not last:
                         self.save()
                 p.stopped = p.stopped or self._stop_requested or "budget"
-                self.save()
+                if p.stopped != "diverged":  # keep the last checkpoint that was still finite
+                    self.save()
         finally:
             self.run.close()
         return p
