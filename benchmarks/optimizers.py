@@ -537,7 +537,7 @@ def overhead(task: Digits, gradient: str, quick: bool, log=print) -> dict:
         optimizer.step()
 
     def snopt_iteration(refresh: bool):
-        precond.iteration = 0 if refresh else 1   # iteration % update_freq == 0 <=> refresh
+        precond.iteration = 0 if refresh else 3   # 0 refreshes; 3 does not (not a power of two, < update_freq)
         precond.train_itr_setup()
         optimizer.zero_grad(set_to_none=True)
         task.loss(model, idx).backward()
