@@ -9,6 +9,15 @@ COMMANDS = ("train", "reproduce", "plot", "bench")
 
 def main(argv=None) -> int:
     """``nodeopt COMMAND ...``: dispatch to the command's own parser."""
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:  # e.g. `nodeopt reproduce --list | head`: the reader left, nothing went wrong
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: nodeopt {train,reproduce,plot,bench} ...\n\n"

@@ -111,7 +111,7 @@ def _print_summary(summary: dict, seconds: float) -> None:
     shown = "n/a" if metric is None or not math.isfinite(metric) else f"{metric:.4f}"
     print(f"{summary['task']}/{summary['dataset']} with {summary['optimizer']} ({summary['gradient']}): "
           f"{summary['metric_name']} {shown} (best {summary['best_metric']}) after {summary['iterations']} "
-          f"iterations, {summary['train_seconds']:.1f} s of training ({seconds:.1f} s in all); "
+          f"iterations, {summary['train_seconds']:.1f} s of training in all ({seconds:.1f} s for this command); "
           f"stopped: {summary['stopped']}; run directory {summary['run_dir']}")
 
 
