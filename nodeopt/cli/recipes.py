@@ -141,6 +141,11 @@ for _name, _model in TABULAR.items():
 
 # Offline recipes: data that ships with scikit-learn or aeon, or is generated; minutes on a CPU.
 OFFLINE = dict(method="dopri5", rtol=1e-3, atol=1e-3, gradient="symplectic", seed=0)
+# The offline density recipes: the three optimisers (symplectic adjoint), then Adam under the other methods.
+DENSITY_RUNS = _runs(adam=dict(optimizer="adam", lr=3e-3), sgd=dict(optimizer="sgd", lr=0.01, momentum=0.9),
+                     snopt=dict(optimizer="snopt", lr=5e-3, momentum=0.9),
+                     **{f"adam-{g}": dict(optimizer="adam", lr=3e-3, gradient=g) for g in GRADIENT_METHODS
+                        if g != "symplectic"})
 for _recipe in (
     Recipe("digits", "image", "digits", "ConvODENet (width 32) on scikit-learn's digits",
            dict(OFFLINE, width=32, batch_size=64, epochs=20, eval_every=10),
@@ -155,19 +160,13 @@ for _recipe in (
     Recipe("moons", "density", "moons", "FFJORD on the 2-D two-moons toy: optimisers and gradient methods",
            dict(OFFLINE, hidden=[64, 64], blocks=1, batch_size=256, iterations=500, eval_every=50, rtol=1e-5,
                 atol=1e-5, divergence="exact"),
-           _runs(adam=dict(optimizer="adam", lr=3e-3), sgd=dict(optimizer="sgd", lr=0.01, momentum=0.9),
-                 snopt=dict(optimizer="snopt", lr=5e-3, momentum=0.9),
-                 **{f"adam-{g}": dict(optimizer="adam", lr=3e-3, gradient=g) for g in GRADIENT_METHODS
-                    if g != "symplectic"}),
+           DENSITY_RUNS,
            offline=True, departures=COMMON_DEPARTURES),
     Recipe("breast-cancer", "density", "breast-cancer",
            "FFJORD on scikit-learn's breast-cancer features (30-D): optimisers and gradient methods",
            dict(OFFLINE, hidden=[64, 64], blocks=1, batch_size=128, epochs=100, eval_every=30, rtol=1e-5,
                 atol=1e-5, divergence="rademacher"),
-           _runs(adam=dict(optimizer="adam", lr=3e-3), sgd=dict(optimizer="sgd", lr=0.01, momentum=0.9),
-                 snopt=dict(optimizer="snopt", lr=5e-3, momentum=0.9),
-                 **{f"adam-{g}": dict(optimizer="adam", lr=3e-3, gradient=g) for g in GRADIENT_METHODS
-                    if g != "symplectic"}),
+           DENSITY_RUNS,
            offline=True, departures=COMMON_DEPARTURES),
     Recipe("digits-t1-optimize", "image", "digits", "digits with t1 co-optimised: baseline and feedback rules",
            dict(OFFLINE, width=32, batch_size=64, epochs=20, eval_every=10, optimizer="adam", lr=1e-3,
