@@ -139,3 +139,10 @@ def test_list_names_every_recipe_and_whether_its_data_is_on_disk(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in RECIPES)
     assert "offline" in out and "not on disk" in out
+
+
+def test_bench_runs_a_benchmark_of_the_source_checkout_and_names_unknown_ones(capsys):
+    assert main(["bench", "solvers-and-more"]) == 2
+    assert "unknown benchmark 'solvers-and-more'; choose one of solvers" in capsys.readouterr().err
+    assert main(["bench", "train_loop", "--quick", "--block", "2"]) == 0
+    assert "overhead:" in capsys.readouterr().out
