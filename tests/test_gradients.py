@@ -263,3 +263,62 @@ def test_unknown_gradient_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="gradient='symplectik'.*symplectic"):
         nodeopt.odeint(Field(), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
                        gradient="symplectik")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "backward-time"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_symplectic_with_stored_stages_equals_backprop_in_every_mode(method, reverse):
+    # Full, partial and no stage storage: the same exact gradient; stored steps make no evaluation
+    # without a graph in the backward pass, the others recompute needed_stages - 1 each.
+    field = Field()
+    y0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    t = t.flip(0) if reverse else t
+    ys_ref, g_ref, _ = _flat_grads(field, y0, t, method, nodeopt.Backprop(land=True))
+    _, _, plain = _flat_grads(field, y0, t, method, "symplectic")
+    m = METHODS[method].tableau.needed_stages
+    per_step = (m - 1) * y0.numel() * 8
+    steps = plain.n_steps
+    for budget, kept in ((True, steps), (3 * per_step, min(3, steps)), (max(per_step - 1, 0), 0), (False, 0)):
+        ys, g, stats = _flat_grads(field, y0, t, method, nodeopt.SymplecticAdjoint(store_stages=budget))
+        assert torch.equal(ys, ys_ref)
+        assert _rel(g, g_ref) < 1e-10, (budget, _rel(g, g_ref))
+        assert stats.nfe_backward == (steps - kept) * (m - 1), budget
+        assert stats.nvjp_backward == plain.nvjp_backward
+
+
+def test_stored_stages_work_for_tuple_states_and_time_gradients():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = Field()
+
+        def forward(self, t, state):
+            z, a = state
+            dz = self.f(t, z)
+            return dz, (dz * z).sum(1, keepdim=True)
+    func = Pair()
+    z0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    a0 = torch.zeros(3, 1, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for gradient in (nodeopt.Backprop(land=True), nodeopt.SymplecticAdjoint(store_stages="1MB")):
+        t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+        z, a = nodeopt.odeint(func, (z0, a0), t, rtol=1e-7, atol=1e-9, gradient=gradient)
+        loss = (z ** 2).sum() + a.sum()
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, [z0, a0, t, *func.parameters()])]))
+    assert _rel(grads[1], grads[0]) < 1e-10
+
+
+@pytest.mark.parametrize("value,match", [
+    ("lots", "store_stages='lots' is not a memory size; write a number of bytes or a string such as '256MB'"),
+    ("12 parsecs", "store_stages='12 parsecs' is not a memory size"),
+    (-5, "store_stages=-5 is not a memory size"),
+])
+def test_a_bad_stage_budget_is_named_with_the_fix(value, match):
+    with pytest.raises(ValueError, match=match):
+        nodeopt.SymplecticAdjoint(store_stages=value)
+
+
+def test_stage_budgets_read_decimal_and_binary_units():
+    from nodeopt.gradients.symplectic import parse_bytes
+    assert parse_bytes("256MB") == 256e6 and parse_bytes("1.5 GiB") == 1.5 * 2 ** 30 and parse_bytes(4096) == 4096

@@ -70,6 +70,10 @@ class Replay(GradientMethod):
     def solve(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats) -> torch.Tensor:
         return _Replay.apply(self, problem, params, stats, problem.y0, *params)
 
+    def stage_store(self, problem: Problem):
+        """What the forward pass keeps of each step's stages (a ``loop.StageStore``), or None: nothing."""
+        return None
+
     @abstractmethod
     def backward(self, ctx: BackwardContext, traj: Trajectory, grad_outputs: torch.Tensor) -> torch.Tensor:
         """Return ``dL/dy0`` given the output cotangents; add the parameter gradients to ``ctx``."""
@@ -116,7 +120,12 @@ class StepReplay(Replay):
             if pending >= 0 and traj.outputs[pending] == n + 1:
                 lam = lam + grad_outputs[pending + 1]
                 pending -= 1
-            lam = self.step_backward(ctx, *traj.step(n), lam)
+            stages = traj.stages[n] if n < len(traj.stages) else None
+            if stages is None:
+                lam = self.step_backward(ctx, *traj.step(n), lam)
+            else:  # stages the forward pass kept (SymplecticAdjoint(store_stages=...)); freed once used
+                traj.stages[n] = None
+                lam = self.step_backward(ctx, *traj.step(n), lam, stages=stages)
         return lam + grad_outputs[0]
 
     @abstractmethod
@@ -132,7 +141,7 @@ class StepReplay(Replay):
 class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, method, problem, params, stats, y0, *param_values):
-        result = problem.run(y0.detach(), record=True)
+        result = problem.run(y0.detach(), record=True, stage_store=method.stage_store(problem))
         stats.n_steps, stats.n_rejected = result.n_steps, result.n_rejected
         ctx.method, ctx.problem, ctx.params, ctx.stats = method, problem, params, stats
         ctx.trajectory = result.trajectory

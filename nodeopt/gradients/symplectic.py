@@ -6,7 +6,8 @@ symplectic partner scheme (see ``Tableau.symplectic_partner``); the pair
 conserves ``λᵀδ``, which is what makes the backward pass the exact derivative
 of the forward map. Backward over step ``n``:
 
-1. recompute the stage states ``Y_i`` of the step without a graph;
+1. recompute the stage states ``Y_i`` of the step without a graph (or rebuild them
+   from the stage derivatives the forward pass kept, ``store_stages``: no evaluation);
 2. for ``i = m..1`` (``m`` the stages ``y_{n+1}`` depends on):
    ``Λ_i = [b_i != 0] λ_{n+1} + h Σ_{j>i} C_ij ℓ_j`` and ``ℓ_i = -J_iᵀ Λ_i``,
    one vector–Jacobian product (one network graph) at a time, which also adds
@@ -16,21 +17,65 @@ of the forward map. Backward over step ``n``:
 
 from __future__ import annotations
 
+import math
+import re
+from typing import Optional, Union
+
 import torch
 
+from ..solvers.loop import StageStore
 from ..solvers.step import lincomb
 from .base import register
 from .replay import BackwardContext, StepReplay
 
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_bytes(value: Union[bool, int, float, str, None], name: str = "store_stages") -> float:
+    """A memory budget in bytes: a number, or a string such as ``"256MB"`` or ``"1.5 GiB"``."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"{name}={value!r} is not a memory size; write a number of bytes or a string such "
+                             f"as '256MB', '1.5GB' or '512MiB'")
+        return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ValueError(f"{name}={value!r} is not a memory size; write a number of bytes ≥ 0 or a string such "
+                     f"as '256MB'")
+
 
 @register
 class SymplecticAdjoint(StepReplay):
-    """The symplectic adjoint method: exact gradients at minimal memory."""
+    """The symplectic adjoint method: exact gradients at minimal memory.
+
+    Args:
+        store_stages: ``False`` (default): hold only the step states and recompute each step's
+            stages in the backward pass (the least memory); ``True``: keep every accepted step's
+            stage derivatives from the forward pass, so the backward pass makes no evaluation
+            without a graph (``needed_stages - 1`` state-sized tensors per step); a budget in bytes
+            (an int, or a string such as ``"256MB"``): keep them for as many steps as fit, first
+            come first served, and recompute the others. Every mode gives the same exact gradient.
+    """
 
     name = "symplectic"
 
+    def __init__(self, store_stages: Union[bool, int, float, str] = False):
+        if store_stages is True:
+            self.stage_budget: Optional[float] = math.inf
+        elif store_stages is False or store_stages is None:
+            self.stage_budget = None
+        else:
+            self.stage_budget = parse_bytes(store_stages)
+
+    def stage_store(self, problem) -> Optional[StageStore]:
+        if not self.stage_budget:
+            return None
+        return StageStore(problem.method.tableau.needed_stages - 1, self.stage_budget)
+
     def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
-                      y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+                      y: torch.Tensor, lam: torch.Tensor, stages: Optional[list] = None) -> torch.Tensor:
         tab = ctx.tableau
         partner = tab.symplectic_partner
         m = tab.needed_stages
@@ -39,7 +84,7 @@ class SymplecticAdjoint(StepReplay):
         states = [y]
         ks: list[torch.Tensor] = []
         for i in range(1, m):
-            ks.append(ctx.f(times[i - 1], states[i - 1]))
+            ks.append(stages[i - 1] if stages is not None else ctx.f(times[i - 1], states[i - 1]))
             states.append(lincomb(y, h, tab.a_pairs[i], ks))
         # 2. The partner scheme over the stages in reverse.
         ells: list = [None] * m
@@ -55,3 +100,9 @@ class SymplecticAdjoint(StepReplay):
         # 3. λ_n = λ_{n+1} - h Σ B_i ℓ_i.
         weights = tuple((i, -partner.B[i]) for i in range(m) if ells[i] is not None)
         return lincomb(lam, h, weights, ells)
+
+    def __repr__(self) -> str:
+        budget = self.stage_budget
+        return "SymplecticAdjoint()" if budget is None else (
+            "SymplecticAdjoint(store_stages=True)" if budget == math.inf else
+            f"SymplecticAdjoint(store_stages={budget:.0f})")

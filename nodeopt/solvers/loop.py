@@ -39,6 +39,7 @@ class Trajectory:
     ys: list[torch.Tensor] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
     edges: list[tuple[float, float]] = field(default_factory=list)
+    stages: list[Optional[list[torch.Tensor]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.hs)
@@ -50,11 +51,36 @@ class Trajectory:
         first, last = self.edges[n]
         return first, self.hs[n], last, self.ts[n], self.ys[n]
 
-    def append(self, t: float, h: float, y: torch.Tensor, first: float, last: float) -> None:
+    def append(self, t: float, h: float, y: torch.Tensor, first: float, last: float,
+               stages: Optional[list[torch.Tensor]] = None) -> None:
         self.ts.append(t)
         self.hs.append(h)
         self.ys.append(y)
         self.edges.append((first, last))
+        self.stages.append(stages)
+
+
+class StageStore:
+    """Keeps the first ``count`` stage derivatives ``k_i`` of accepted steps while they fit in ``budget`` bytes.
+
+    Steps are kept first come, first served (the number of steps is known only at the end);
+    the tensors are the loop's own (no copy), so a kept step costs ``count`` state-sized
+    tensors that would otherwise have been freed.
+    """
+
+    def __init__(self, count: int, budget: float):
+        self.count, self.budget, self.used, self.kept = count, budget, 0, 0
+
+    def keep(self, ks: list[torch.Tensor]) -> Optional[list[torch.Tensor]]:
+        if self.count == 0:
+            return None
+        chosen = ks[:self.count]
+        need = sum(k.numel() * k.element_size() for k in chosen)
+        if self.used + need > self.budget:
+            return None
+        self.used += need
+        self.kept += 1
+        return chosen
 
 
 @dataclass
@@ -78,7 +104,8 @@ def _nonfinite_error(where: str) -> RuntimeError:
 def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float], *,
                        error_norm: ErrorNorm, controller: Controller, first_step: Optional[float],
                        max_num_steps: int, step_t: Sequence[float] = (), jump_t: Sequence[float] = (),
-                       land: bool = False, record: bool = False, reverse: bool = False) -> LoopResult:
+                       land: bool = False, record: bool = False, reverse: bool = False,
+                       stage_store: Optional[StageStore] = None) -> LoopResult:
     """Adaptive integration of ``y' = f(t, y)`` from ``times[0]`` through increasing ``times``.
 
     Args:
@@ -96,6 +123,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         land: end a step on every output time instead of interpolating.
         record: keep the trajectory of accepted steps.
         reverse: the caller reversed time (only for the wording of errors).
+        stage_store: with ``record``, keep accepted steps' stage derivatives too (as it allows).
 
     Raises:
         RuntimeError: step size underflow, too many steps, non-finite dynamics.
@@ -166,7 +194,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
 
         n_steps += 1
         if traj is not None:
-            traj.append(t, h_try, y, t_k1, t1_eval)
+            traj.append(t, h_try, y, t_k1, t1_eval, stage_store.keep(ks) if stage_store is not None else None)
         while n_out < len(times) and times[n_out] < t1:
             theta = (times[n_out] - t) / h_try
             outputs.append(lincomb(y, h_try, tableau.dense_weights(theta), ks))
@@ -194,7 +222,8 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
 
 
 def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float],
-                    grid: Sequence[float], *, record: bool = False, reverse: bool = False) -> LoopResult:
+                    grid: Sequence[float], *, record: bool = False, reverse: bool = False,
+                    stage_store: Optional[StageStore] = None) -> LoopResult:
     """Fixed-step integration on ``grid`` (which contains every output time).
 
     Raises:
@@ -208,9 +237,9 @@ def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequ
     for n in range(len(grid) - 1):
         t, t1 = grid[n], grid[n + 1]
         h = t1 - t
-        y1, _ = rk_step(f, tableau, t, h, t1, y, f(t, y))
+        y1, ks = rk_step(f, tableau, t, h, t1, y, f(t, y))
         if traj is not None:
-            traj.append(t, h, y, t, t1)
+            traj.append(t, h, y, t, t1, stage_store.keep(ks) if stage_store is not None else None)
         y = y1
         if t1 == times[n_out]:
             if not bool(torch.isfinite(y).all()):

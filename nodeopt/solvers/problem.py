@@ -46,8 +46,12 @@ class Problem:
     def sign(self) -> float:
         return -1.0 if self.reverse else 1.0
 
-    def run(self, y0: Optional[torch.Tensor] = None, *, record: bool = False, land: bool = False) -> LoopResult:
-        """Integrate from ``y0`` (default: the problem's) under the current autograd mode."""
+    def run(self, y0: Optional[torch.Tensor] = None, *, record: bool = False, land: bool = False,
+            stage_store=None) -> LoopResult:
+        """Integrate from ``y0`` (default: the problem's) under the current autograd mode.
+
+        ``stage_store`` (a ``loop.StageStore``), with ``record``: keep accepted steps' stages too.
+        """
         y0 = self.y0 if y0 is None else y0
         tab = self.method.tableau
         o = self.options
@@ -55,8 +59,9 @@ class Problem:
             return integrate_adaptive(self.dynamics, tab, y0, self.times, error_norm=self.error_norm,
                                       controller=o["controller"], first_step=o["first_step"],
                                       max_num_steps=o["max_num_steps"], step_t=o["step_t"], jump_t=o["jump_t"],
-                                      land=land, record=record, reverse=self.reverse)
-        return integrate_fixed(self.dynamics, tab, y0, self.times, o["grid"], record=record, reverse=self.reverse)
+                                      land=land, record=record, reverse=self.reverse, stage_store=stage_store)
+        return integrate_fixed(self.dynamics, tab, y0, self.times, o["grid"], record=record, reverse=self.reverse,
+                               stage_store=stage_store)
 
 
 def _check_y0(y0) -> StateSpec:
