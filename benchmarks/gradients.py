@@ -141,7 +141,7 @@ class Workload:
 
 WORKLOADS = {
     "cnf": Workload("cnf", "mlp", batch=256, t_end=1.0, tol=1e-5, repeats=3,
-                    extra=("adjoint-1e-7",), reference=True,
+                    extra=("adjoint-1e-7", "symplectic-stored"), reference=True,
                     note=f"{MLP_SCALE:g} * MLP 44-256-256-256-43 (tanh) - {MLP_DECAY:g} y, batch 256, t=[0,1], "
                          f"rtol=atol=1e-5"),
     "cnf-mild": Workload("cnf-mild", "mlp", batch=256, t_end=1.0, tol=1e-5, repeats=3, scale=20.0, decay=0.0,
@@ -151,7 +151,7 @@ WORKLOADS = {
     "conv": Workload("conv", "conv", batch=32, t_end=1.0, tol=1e-4, repeats=2, scale=CONV_SCALE, decay=CONV_DECAY,
                      note=f"state (32,16,28,28), {CONV_SCALE:g} * conv3x3(33->16)(tanh(conv3x3(17->32))) - "
                           f"{CONV_DECAY:g} y, time as a channel, t=[0,1], rtol=atol=1e-4"),
-    "long": Workload("long", "mlp", batch=128, t_end=20.0, tol=1e-5, repeats=2,
+    "long": Workload("long", "mlp", batch=128, t_end=20.0, tol=1e-5, repeats=2, extra=("symplectic-stored",),
                      note="the cnf field, batch 128, t=[0,20], rtol=atol=1e-5"),
 }
 DEFAULT_WORKLOADS = "cnf,cnf-mild,conv,long"
@@ -162,7 +162,7 @@ QUICK = {
     "cnf": dict(batch=32, width=64, repeats=1, extra=()),
     "cnf-mild": dict(batch=32, width=64, repeats=1, extra=("adjoint-1e-7",)),
     "conv": dict(batch=2, size=14, hidden=16, repeats=1),
-    "long": dict(batch=16, width=64, t_end=4.0, repeats=1),
+    "long": dict(batch=16, width=64, t_end=4.0, repeats=1, extra=("symplectic-stored",)),
 }
 QUICK_REF_TOLS = (1e-7, 1e-8)
 
@@ -197,6 +197,8 @@ EXTRA_METHODS = [
            lambda: nodeopt.Adjoint(rtol=1e-8, atol=1e-8, options=dict(_CAP))),
     Method("adjoint-1e-8-seminorm", "nodeopt adjoint, bwd tol 1e-8, seminorm", "nodeopt",
            lambda: nodeopt.Adjoint(rtol=1e-8, atol=1e-8, options={"norm": "seminorm", **_CAP})),
+    Method("symplectic-stored", "nodeopt symplectic, stored stages", "nodeopt",
+           lambda: nodeopt.SymplecticAdjoint(store_stages=True)),
 ]
 ALL_METHODS = {m.key: m for m in METHODS + EXTRA_METHODS}
 
