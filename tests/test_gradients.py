@@ -322,3 +322,19 @@ def test_a_bad_stage_budget_is_named_with_the_fix(value, match):
 def test_stage_budgets_read_decimal_and_binary_units():
     from nodeopt.gradients.symplectic import parse_bytes
     assert parse_bytes("256MB") == 256e6 and parse_bytes("1.5 GiB") == 1.5 * 2 ** 30 and parse_bytes(4096) == 4096
+
+
+def test_a_compiled_vector_field_works_under_every_gradient_method():
+    # torch.compile'd fields go through the same solver and backward passes; the compiled
+    # kernels round differently, so the comparison is at float32 precision.
+    field = Field().float()
+    compiled = torch.compile(field)
+    y0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    t = torch.tensor([0.0, 1.0])
+    for gradient in ALL:
+        grads = []
+        for func in (field, compiled):
+            ys = nodeopt.odeint(func, y0, t, rtol=1e-6, atol=1e-8, gradient=gradient)
+            grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+                ys[-1].square().sum(), [y0, *field.parameters()])]))
+        assert _rel(grads[1], grads[0]) < 1e-5, (gradient, _rel(grads[1], grads[0]))
