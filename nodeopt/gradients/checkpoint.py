@@ -21,8 +21,8 @@ class Checkpoint(StepReplay):
     name = "checkpoint"
 
     def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
-                      y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        tab = ctx.tableau
+                      y: torch.Tensor, lam: torch.Tensor, stages=None) -> torch.Tensor:
+        tab = ctx.tableau  # ACA keeps no stages: it re-runs the step with autograd
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             f = ctx.field(h)

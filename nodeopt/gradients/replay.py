@@ -120,21 +120,18 @@ class StepReplay(Replay):
             if pending >= 0 and traj.outputs[pending] == n + 1:
                 lam = lam + grad_outputs[pending + 1]
                 pending -= 1
-            stages = traj.stages[n] if n < len(traj.stages) else None
-            if stages is None:
-                lam = self.step_backward(ctx, *traj.step(n), lam)
-            else:  # stages the forward pass kept (SymplecticAdjoint(store_stages=...)); freed once used
-                traj.stages[n] = None
-                lam = self.step_backward(ctx, *traj.step(n), lam, stages=stages)
+            stages, traj.stages[n] = traj.stages[n], None  # kept by the forward pass (or None); freed once used
+            lam = self.step_backward(ctx, *traj.step(n), lam, stages=stages)
         return lam + grad_outputs[0]
 
     @abstractmethod
     def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
-                      y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+                      y: torch.Tensor, lam: torch.Tensor, stages: Optional[list] = None) -> torch.Tensor:
         """Given ``λ_{n+1} = dL/dy_{n+1}``, return ``λ_n`` and add the parameter gradients of step ``n``.
 
         The step went from ``(t, y)`` with size ``h``; its first stage was evaluated at ``t_first``
-        and its stages with ``c_i = 1`` at ``t_last`` (see ``Trajectory.step``).
+        and its stages with ``c_i = 1`` at ``t_last`` (see ``Trajectory.step``). ``stages`` are the
+        stage derivatives the forward pass kept for the step (see :meth:`Replay.stage_store`), or None.
         """
 
 

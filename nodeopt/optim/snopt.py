@@ -193,7 +193,7 @@ class SNOpt(torch.optim.Optimizer):
         pairs = []
         for layer, group in zip(self.layers, self.param_groups):
             state = self.state[layer.weight]
-            if "q_a" not in state or layer.weight.grad is None or (layer.bias is not None and layer.bias.grad is None):
+            if "q_a" not in state or not _has_gradient(layer):
                 continue
             grad = kfac.gradient_matrix(layer)
             nat, state["m2"] = kfac.precondition(grad, state["q_a"], state["q_g"], state["m2"], group["alpha"],
@@ -212,8 +212,7 @@ class SNOpt(torch.optim.Optimizer):
         changes = []
         for layer, group in zip(self.layers, self.param_groups):
             state = self.state[layer.weight]
-            if "last_grad" not in state or layer.weight.grad is None or (
-                    layer.bias is not None and layer.bias.grad is None):
+            if "last_grad" not in state or not _has_gradient(layer):
                 continue
             before, step = state["last_grad"], kfac.parameter_matrix(layer) - state["last_param"]
             changes.append(torch.stack([
@@ -310,6 +309,11 @@ class SNOpt(torch.optim.Optimizer):
         for name, default in self._PROGRESS.items():
             setattr(self, name, type(default)(state_dict.pop(name, default)))
         super().load_state_dict(state_dict)
+
+
+def _has_gradient(layer: nn.Module) -> bool:
+    """Whether the backward pass reached the layer's weight (and bias)."""
+    return layer.weight.grad is not None and (layer.bias is None or layer.bias.grad is not None)
 
 
 def scheduled_refresh(iteration: int, update_freq: int, early: bool) -> bool:

@@ -91,8 +91,9 @@ class RunDir:
         """Open ``metrics.csv`` for appending; with ``keep_until``, first drop rows past that iteration."""
         path = self.file(METRICS)
         self.path.mkdir(parents=True, exist_ok=True)
-        if keep_until is not None and path.exists():
-            rows = [r for r in self.read_metrics() if int(r["iteration"]) <= keep_until]
+        rows = self.read_metrics() if keep_until is not None else []
+        if rows and int(rows[-1]["iteration"]) > keep_until:  # rows the checkpoint does not hold
+            rows = [r for r in rows if int(r["iteration"]) <= keep_until]
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
             writer.writeheader()

@@ -10,8 +10,6 @@ training indices, and evaluates its metric on a split:
 
 from __future__ import annotations
 
-import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -186,7 +184,3 @@ def solve_counts(model: nn.Module) -> tuple[int, int]:
         fwd += s.nfe
         bwd += s.nfe_backward + s.nvjp_backward
     return fwd, bwd
-
-
-def finite(value: float) -> Optional[float]:
-    return value if math.isfinite(value) else None
