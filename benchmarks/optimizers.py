@@ -340,6 +340,26 @@ def default_momentum(opt: str, momentum: Optional[float]) -> Optional[float]:
     return momentum if momentum is not None else (SNOPT_MOMENTUM if opt == "snopt" else MOMENTUM)
 
 
+def one_iteration(task: Task, model: nn.Module, idx: torch.Tensor, precond: Optional[SNOpt], optimizer) -> float:
+    """One training iteration (SNOpt around the optimiser when given); returns the loss.
+
+    A solver failure (RuntimeError) closes SNOpt's open curvature capture and propagates.
+    """
+    try:
+        if precond is not None:
+            precond.train_itr_setup()
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.loss(model, idx)
+        loss.backward()
+        if precond is not None:
+            precond.step()
+        optimizer.step()
+        return loss.detach().item()
+    except RuntimeError:
+        close_capture(precond)
+        raise
+
+
 def close_capture(precond: Optional[SNOpt]) -> None:
     """After an exception inside an iteration, close SNOpt's open curvature capture (hooks + listening)."""
     if precond is not None and getattr(precond, "_capture", None) is not None:
@@ -378,17 +398,8 @@ def train(task: Task, opt: str, lr: float, seed: int, iterations: Optional[int] 
         refresh = precond is not None and precond.refresh_iteration
         w0, c0 = time.perf_counter(), time.process_time()
         try:
-            if precond is not None:
-                precond.train_itr_setup()
-            optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(model, idx)
-            loss.backward()
-            if precond is not None:
-                precond.step()
-            optimizer.step()
-            value = loss.detach().item()
+            value = one_iteration(task, model, idx, precond, optimizer)
         except RuntimeError as exc:  # the solver gave up (non-finite field, too many steps)
-            close_capture(precond)
             rec["diverged"], rec["reason"] = True, f"iteration {it}: solver error: {str(exc).splitlines()[0][:160]}"
             break
         wall += time.perf_counter() - w0

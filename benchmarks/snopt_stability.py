@@ -84,7 +84,7 @@ def train(cfg: dict) -> dict:
     torch.set_num_threads(1)
     from nodeopt.optim import SNOpt
 
-    from .optimizers import Digits, batch_stream
+    from .optimizers import Digits, batch_stream, one_iteration
 
     task = Digits(quick=False)
     torch.manual_seed(cfg["seed"])
@@ -105,18 +105,8 @@ def train(cfg: dict) -> dict:
         idx = next(stream)
         t0 = time.perf_counter()
         try:
-            if precond is not None:
-                precond.train_itr_setup()
-            optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(model, idx)
-            loss.backward()
-            if precond is not None:
-                precond.step()
-            optimizer.step()
-            value = loss.item()
+            value = one_iteration(task, model, idx, precond, optimizer)
         except RuntimeError as exc:  # the solver gave up: a blown-up field
-            if precond is not None:
-                precond.end_capture()
             rec["diverged"], rec["reason"] = True, f"iteration {it}: {str(exc).splitlines()[0][:120]}"
             break
         clock += time.perf_counter() - t0

@@ -46,14 +46,20 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "backward-time"])
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_exact_methods_equal_backprop_to_rounding_error(method, reverse):
+def _against_backprop(method, reverse):
+    """A field, ``y0`` and ``t`` (forward or backward in time), and Backprop(land=True)'s values and gradient."""
     field = Field()
     y0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
     t = t.flip(0) if reverse else t
     ys_ref, g_ref, _ = _flat_grads(field, y0, t, method, nodeopt.Backprop(land=True))
+    return field, y0, t, ys_ref, g_ref
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "backward-time"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_exact_methods_equal_backprop_to_rounding_error(method, reverse):
+    field, y0, t, ys_ref, g_ref = _against_backprop(method, reverse)
     for gradient in EXACT:
         ys, g, _ = _flat_grads(field, y0, t, method, gradient)
         assert torch.equal(ys, ys_ref), gradient
@@ -270,11 +276,7 @@ def test_unknown_gradient_name_lists_the_valid_ones():
 def test_symplectic_with_stored_stages_equals_backprop_in_every_mode(method, reverse):
     # Full, partial and no stage storage: the same exact gradient; stored steps make no evaluation
     # without a graph in the backward pass, the others recompute needed_stages - 1 each.
-    field = Field()
-    y0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
-    t = t.flip(0) if reverse else t
-    ys_ref, g_ref, _ = _flat_grads(field, y0, t, method, nodeopt.Backprop(land=True))
+    field, y0, t, ys_ref, g_ref = _against_backprop(method, reverse)
     _, _, plain = _flat_grads(field, y0, t, method, "symplectic")
     m = METHODS[method].tableau.needed_stages
     per_step = (m - 1) * y0.numel() * 8
