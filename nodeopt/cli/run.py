@@ -12,18 +12,28 @@ import torch
 from .. import data
 from ..optim import IntegrationTimeOptimizer
 from ..tasks import Budget, CheckpointError, RunDir, Trainer, make_optimizers, make_task
+from ..tasks import distributed
+from ..tasks.distributed import World
+from ..tasks.loop import rank_seed
 from ..tasks.tasks import ode_blocks
 
 logger = logging.getLogger("nodeopt.train")
 
 
-def build(s: dict):
-    """The task, model, optimisers, SNOpt, t1 optimiser and schedulers of settings ``s``."""
+def build(s: dict, world: World = World(), device=None):
+    """The task, model, optimisers, SNOpt, t1 optimiser and schedulers of settings ``s``.
+
+    With several processes, the first on each machine reads (or downloads) the data before
+    the others; every rank builds the same initial model, and ranks other than 0 then draw
+    their own random stream (Hutchinson's noise).
+    """
     from .train import block_options, model_options
-    dataset = data.load(s["task"], s["dataset"], data_dir=s["data_dir"], download=s["download"])
-    task = make_task(s["task"], dataset, s["device"], train_fraction=s.get("train_fraction") or 1.0)
+    dataset = _load_in_turn(s, world)
+    task = make_task(s["task"], dataset, device or s["device"], train_fraction=s.get("train_fraction") or 1.0)
     torch.manual_seed(s["seed"])  # the command line resolves the one seed of the run
     model = task.build_model(**model_options(s), **block_options(s))
+    if world.rank > 0:
+        torch.manual_seed(rank_seed(s["seed"], world.rank))
     optimizers, precond = make_optimizers(
         s["optimizer"], model, lr=s["lr"], momentum=s["momentum"] or 0.0, weight_decay=s["weight_decay"],
         lr2=s["lr2"], snopt_eps=s["snopt_eps"], snopt_freq=s["snopt_freq"], snopt_step_size=s["snopt_step_size"])
@@ -39,57 +49,131 @@ def build(s: dict):
     return task, model, optimizers, precond, t1_opt, schedulers
 
 
-def run_training(s: dict, resume: bool = False, progress: bool = True, plots: bool = True) -> int:
-    """Train with settings ``s`` (see ``nodeopt.cli.train``); returns the process exit code."""
+def run_training(s: dict, resume: bool = False, progress: bool = True, plots: bool = True,
+                 world: World = World(), timeout: float = distributed.DEFAULT_TIMEOUT) -> int:
+    """Train with settings ``s`` (see ``nodeopt.cli.train``); returns the process exit code.
+
+    Under torchrun (``world`` of several processes) every rank calls this; a problem found before
+    training on any rank stops every rank with the same exit code, and rank 0 reports it.
+    """
+    device = distributed.start(world, s["device"], timeout) if world.launched() else None
     run = RunDir(s["run_dir"])
-    if not resume and run.file("metrics.csv").exists():
-        print(f"nodeopt train: {run.path} already holds a run; continue it with --resume {run.path}, or choose "
-              f"another --run-dir", file=sys.stderr)
-        return 2
+    problem = ""
+    if world.main and not resume and not world.restart and run.file("metrics.csv").exists():
+        problem = (f"{run.path} already holds a run; continue it with --resume {run.path}, or choose another "
+                   f"--run-dir")
+    problem = _first_problem(world, problem)
+    if problem:
+        return _report(world, problem, 2)
     try:
-        task, model, optimizers, precond, t1_opt, schedulers = build(s)
+        task, model, optimizers, precond, t1_opt, schedulers = build(s, world, device)
+        trainer = Trainer(task, model, optimizers, run, batch_size=s["batch_size"], seed=s["seed"], precond=precond,
+                          t1_optimizer=t1_opt, schedulers=schedulers, eval_every=s["eval_every"],
+                          checkpoint_every=s["checkpoint_every"], world=world)
     except (data.DataUnavailable, data.DataCorrupt, ImportError, ValueError) as err:
-        print(f"nodeopt train: {err}", file=sys.stderr)
-        return 2
-    trainer = Trainer(task, model, optimizers, run, batch_size=s["batch_size"], seed=s["seed"], precond=precond,
-                      t1_optimizer=t1_opt, schedulers=schedulers, eval_every=s["eval_every"],
-                      checkpoint_every=s["checkpoint_every"])
+        problem = str(err)
+    problem = _first_problem(world, problem)
+    if problem:
+        return _report(world, problem, 2)
     iterations = s["iterations"] or s["epochs"] * trainer.batches_per_epoch
     if resume:
-        try:
-            trainer.restore(run.load_checkpoint(map_location=task.device))
-        except CheckpointError as err:
-            print(f"nodeopt train: {err}", file=sys.stderr)
-            return 2
-        if trainer.progress.iteration >= iterations:
-            print(f"nodeopt train: the run in {run.path} already has {trainer.progress.iteration} iterations; "
-                  f"give a larger --iterations or --epochs to train further", file=sys.stderr)
-            return 2
+        problem = _resume(trainer, run, world, iterations)
+        if problem:
+            return _report(world, problem, 2)
     config = dict(settings=s, resolved_iterations=iterations, batches_per_epoch=trainer.batches_per_epoch,
                   data=task.describe(), parameters=sum(p.numel() for p in model.parameters()),
-                  versions=_versions(), command=sys.argv)
-    run.write_config(config)
-    bar = _progress_bar(progress, iterations, trainer.progress.iteration, task.metric)
-    trainer.on_iteration = bar.update if bar is not None else _log_evaluations
+                  processes=world.size, versions=_versions(), command=sys.argv)
+    bar = None
+    if world.main:
+        run.write_config(config)
+        bar = _progress_bar(progress, iterations, trainer.progress.iteration, task.metric)
+        trainer.on_iteration = bar.update if bar is not None else _log_evaluations
     t0 = time.perf_counter()
     try:
         result = trainer.fit(Budget(iterations, s["time_budget"]))
-    except RuntimeError as err:  # the solver gave up (a blown-up field, too many steps)
+    except RuntimeError as err:  # the solver gave up (a blown-up field, too many steps), or another rank did
         if bar is not None:
             bar.close()
-        trainer.progress.stopped = "solver failure"
-        run.write_summary(_summary(trainer, s, config, str(err).splitlines()[0]))
-        print(f"nodeopt train: training stopped at iteration {trainer.progress.iteration}: "
-              f"{str(err).splitlines()[0]}", file=sys.stderr)
+        first = str(err).splitlines()[0]
+        if distributed.is_lost_contact(err):
+            first = (f"lost contact with the other processes (one of them failed, was killed, or did not answer "
+                     f"within --dist-timeout {timeout:g} s): {first}")
+        trainer.progress.stopped = "solver failure" if not distributed.is_lost_contact(err) else "lost contact"
+        if world.main:
+            run.write_summary(_summary(trainer, s, config, first))
+        print(f"{_who(world)}: training stopped at iteration {trainer.progress.iteration}: {first}", file=sys.stderr)
         return 1
     if bar is not None:
         bar.close()
-    summary = _summary(trainer, s, config)
-    run.write_summary(summary)
-    if plots:
-        _plots(run, task, model)
-    _print_summary(summary, time.perf_counter() - t0)
+    if world.main:
+        summary = _summary(trainer, s, config)
+        run.write_summary(summary)
+        if plots:
+            _plots(run, task, model)
+        _print_summary(summary, time.perf_counter() - t0)
     return 0 if result.stopped != "diverged" else 1
+
+
+def _load_in_turn(s: dict, world: World):
+    """The dataset; with several processes on a machine its first reads (downloads) it before the others."""
+    def load():
+        return data.load(s["task"], s["dataset"], data_dir=s["data_dir"], download=s["download"])
+
+    if world.local_size == 1 or not world.distributed:
+        return load()
+    first = world.local_rank == 0
+    result, error = None, None
+    if first:
+        try:
+            result = load()
+        except Exception as err:  # reported after the barrier, so the other ranks do not wait for nothing
+            error = err
+    world.barrier()
+    if error is not None:
+        raise error
+    return result if first else load()
+
+
+def _resume(trainer: Trainer, run: RunDir, world: World, iterations: int) -> str:
+    """Restore the checkpoint (rank 0 reads it, every rank restores it); returns a problem, or ''."""
+    state, problem = None, ""
+    if world.main:
+        try:
+            state = run.load_checkpoint(map_location="cpu")  # the RNG states must stay on the CPU
+        except CheckpointError as err:
+            problem = str(err)
+    problem = world.broadcast(problem)
+    if problem:
+        return problem
+    state = world.broadcast(state)
+    try:
+        trainer.restore(state)
+    except CheckpointError as err:
+        problem = str(err)
+    problem = _first_problem(world, problem)
+    if not problem and trainer.progress.iteration >= iterations:
+        problem = (f"the run in {run.path} already has {trainer.progress.iteration} iterations; give a larger "
+                   f"--iterations or --epochs to train further")
+    return problem
+
+
+def _first_problem(world: World, problem: str) -> str:
+    """The first rank's problem (every rank gets the same answer, so all stop or all go on)."""
+    found = [(rank, p) for rank, p in enumerate(world.gather(problem)) if p]
+    if not found:
+        return ""
+    rank, first = found[0]
+    return first if rank == 0 or not world.distributed else f"on rank {rank}: {first}"
+
+
+def _report(world: World, problem: str, code: int) -> int:
+    if world.main:
+        print(f"nodeopt train: {problem}", file=sys.stderr)
+    return code
+
+
+def _who(world: World) -> str:
+    return f"nodeopt train (rank {world.rank} of {world.size})" if world.distributed else "nodeopt train"
 
 
 def _versions() -> dict:

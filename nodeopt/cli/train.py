@@ -6,6 +6,7 @@ import argparse
 import datetime
 import logging
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import torch
 
 from .. import data
 from ..gradients.base import GRADIENTS
+from ..tasks import distributed
+from ..tasks.distributed import World
 from ..solvers.methods import METHODS
 from . import defaults
 
@@ -115,6 +118,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in RUN_DIR from its last checkpoint (give a larger --iterations or "
                         "--epochs to train further)")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    g.add_argument("--nproc", type=COUNT, default=None,
+                   help="train on this many processes on this machine (starts torchrun --standalone "
+                        "--nproc-per-node N; --batch-size stays the global batch)")
+    g.add_argument("--dist-timeout", type=POSITIVE, default=None,
+                   help=f"with several processes: seconds a rank waits for the others before the run fails "
+                        f"(default {distributed.DEFAULT_TIMEOUT:g})")
     g.add_argument("--no-plots", action="store_true", default=None, help="do not write PNG plots")
 
 
@@ -192,8 +201,17 @@ def versions() -> dict:
     return out
 
 
-def default_run_dir(s: dict) -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+def default_run_dir(s: dict, world: World = World()) -> str:
+    """``runs/<task>-<dataset>-<optimizer>-<stamp>``: a timestamp, or under torchrun its run id.
+
+    torchrun's run id is the same on every rank and in a restarted attempt, so restarted
+    processes find the run directory (and its checkpoint) of the attempt that failed.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none") if world.launched() else "none"
+    if run_id != "none":
+        stamp = run_id[:8]
+    else:
+        stamp = world.broadcast(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     return str(Path("runs") / f"{s['task']}-{s['dataset']}-{s['optimizer']}-{stamp}")
 
 
@@ -201,8 +219,40 @@ def main(argv=None, prog: str = "nodeopt train") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="Train a neural ODE on one dataset and write its run "
                                      "directory (config.json, metrics.csv, checkpoint.pt, plots).")
     add_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    world = World.from_environment()
+    if args.nproc is not None:
+        if world.launched():
+            parser.error(f"argument --nproc: this process was already started by torchrun ({world.size} processes); "
+                         f"leave --nproc out under torchrun")
+        return _start_torchrun(args.nproc, argv)
+    if world.launched():
+        from torch.distributed.elastic.multiprocessing.errors import record
+        return record(_main)(args, parser, world)
+    return _main(args, parser, world)
+
+
+def _start_torchrun(nproc: int, argv: list) -> int:
+    """Replace this process by ``torchrun --standalone --nproc-per-node N -m nodeopt train ARGS``."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "nodeopt", "train", *rest]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+    return 1  # not reached
+
+
+def _main(args, parser, world: World) -> int:
     if args.list_datasets:
         for task, specs in data.DATASETS.items():
             for name in specs:
@@ -210,13 +260,32 @@ def main(argv=None, prog: str = "nodeopt train") -> int:
                     "on disk" if data.is_available(task, name, args.data_dir) else "not on disk")
                 print(f"{task:11s} {name:16s} {where}")
         return 0
+    timeout = args.dist_timeout or distributed.DEFAULT_TIMEOUT
     if args.resume:
         settings = _resumed_settings(args, parser)
     else:
         settings = resolve_settings(args, parser)
-        settings["run_dir"] = settings["run_dir"] or default_run_dir(settings)
+        if world.launched():  # the run directory's default name is agreed on with the other ranks
+            distributed.start(world, settings["device"], timeout)
+        if settings["run_dir"] is None and world.launched() and _restarts_allowed() and \
+                os.environ.get("TORCHELASTIC_RUN_ID", "none") == "none":
+            parser.error("argument --run-dir: torchrun may restart this run (--max-restarts), and without --run-dir "
+                         "or --rdzv-id the restarted processes could not find its checkpoint; give --run-dir")
+        settings["run_dir"] = settings["run_dir"] or default_run_dir(settings, world)
+        if world.restart and (Path(settings["run_dir"]) / "checkpoint.pt").exists():
+            logger.info("restart %d of this run: resuming from %s", world.restart, settings["run_dir"])
+            args.resume = settings["run_dir"]
+            settings = _resumed_settings(args, parser)
     from .run import run_training
-    return run_training(settings, resume=bool(args.resume), progress=not args.quiet, plots=not args.no_plots)
+    try:
+        return run_training(settings, resume=bool(args.resume), progress=not args.quiet, plots=not args.no_plots,
+                            world=world, timeout=timeout)
+    finally:
+        distributed.stop()
+
+
+def _restarts_allowed() -> bool:
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
 def _resumed_settings(args, parser) -> dict:

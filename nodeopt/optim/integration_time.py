@@ -7,7 +7,8 @@ iteration, with ``s = (dL/dt1) / B`` (``B`` the batch size; ``dL/dt1 =
     Q_t  = r·t1 + s          (first derivative of L̃ in t1)
     Q_tt = r + s²            (Gauss–Newton second derivative)
 
-both averaged over iterations with momentum ``β``. Every ``t1_update_freq``
+both averaged over iterations with momentum ``β``. Under ``torch.distributed``, ``dL/dt1`` is
+averaged over the ranks and ``B`` is the global batch, so every rank moves ``t1`` alike. Every ``t1_update_freq``
 iterations ``t1`` moves by
 
     baseline:  δt1 = -η · Q̄_t
@@ -102,8 +103,7 @@ class IntegrationTimeOptimizer:
         if times is None or times.grad is None:
             raise RuntimeError("no dL/dt1 recorded: call record() after loss.backward() of a training-mode forward "
                                "pass through the block")
-        batch = self.block.last_batch_size
-        scale = float(times.grad[-1]) / batch
+        scale = _mean_over_ranks(float(times.grad[-1]), self.block.last_batch_size, times.device)
         t1 = self.block.t1
         q_t, q_tt = self.t1_reg * t1 + scale, self.t1_reg + scale ** 2
         beta = self.momentum
@@ -141,3 +141,17 @@ class IntegrationTimeOptimizer:
             self._grad = self._params = None
         self.iteration += 1
         return self.block.t1
+
+
+def _mean_over_ranks(grad_t1: float, batch: int, device) -> float:
+    """``s = (dL/dt1) / B``: with several ranks, their mean ``dL/dt1`` over the global batch (one message).
+
+    Each rank's loss is the mean over its share, so the mean of the ranks' ``dL/dt1`` is that
+    of the whole batch's loss, and the shares add up to the global batch.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return grad_t1 / batch
+    both = torch.tensor([grad_t1, float(batch)], dtype=torch.float64, device=device)
+    dist.all_reduce(both)
+    return float(both[0]) / dist.get_world_size() / float(both[1])

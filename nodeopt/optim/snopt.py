@@ -262,16 +262,19 @@ class SNOpt(torch.optim.Optimizer):
         self.refreshes += 1
         if self._undecided:
             self._decide_ode_layers(capture)
+        gathered = []  # (layer, its sums, its factors (A, G)) of every layer the backward pass reached
         for layer in self.ode_layers + self.other_layers:
             sums = capture.factor_sums(layer)
             factors = sums.factors()
-            if factors is None:
-                continue
-            a, g = _average_across_ranks(*factors)
+            if factors is not None:
+                gathered.append((layer, sums, factors))
+        factors, batches = _average_across_ranks([f for _, _, pair in gathered for f in pair],
+                                                 [sums.batch_size for _, sums, _ in gathered])
+        for (layer, sums, _), a, g, batch in zip(gathered, factors[::2], factors[1::2], batches):
             e_a, q_a = kfac.eigenbasis(a)
             e_g, q_g = kfac.eigenbasis(g)
             state = self.state[layer.weight]
-            state.update(q_a=q_a, q_g=q_g, m2=torch.outer(e_g, e_a) * sums.locations, batch_size=sums.batch_size)
+            state.update(q_a=q_a, q_g=q_g, m2=torch.outer(e_g, e_a) * sums.locations, batch_size=batch)
 
     def _decide_ode_layers(self, capture: CurvatureCapture) -> None:
         """The layers the backward pass differentiated inside a solve are the ODE layers; the rest are not."""
@@ -323,15 +326,26 @@ def scheduled_refresh(iteration: int, update_freq: int, early: bool) -> bool:
     return early and iteration < update_freq and iteration & (iteration - 1) == 0
 
 
-def _average_across_ranks(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Under ``torch.distributed``, every rank's factors become the mean over ranks (same bases everywhere)."""
+def _average_across_ranks(factors: list[torch.Tensor], batch_sizes: list[int]) -> tuple[list, list]:
+    """Under ``torch.distributed``: the factors' means and the batch sizes' sums over the ranks, in one message.
+
+    Each rank's ``A`` and ``G`` are means over its own share of the batch, so their mean over
+    equal shares is the factor of the whole batch; the batch sizes add up to the global batch,
+    the ``B`` of the second-moment update that matches the DDP-averaged gradient. Every rank
+    then eigendecomposes the same matrices: the same bases everywhere.
+    """
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return a, g
-    both = torch.cat([a.reshape(-1), g.reshape(-1)])
-    dist.all_reduce(both)
-    both /= dist.get_world_size()
-    return both[:a.numel()].reshape(a.shape), both[a.numel():].reshape(g.shape)
+    if not factors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return factors, batch_sizes
+    ranks = dist.get_world_size()
+    flat = torch.cat([f.reshape(-1) / ranks for f in factors]
+                     + [torch.tensor(batch_sizes, dtype=factors[0].dtype, device=factors[0].device)])
+    dist.all_reduce(flat)
+    out, at = [], 0
+    for f in factors:
+        out.append(flat[at:at + f.numel()].reshape(f.shape))
+        at += f.numel()
+    return out, [int(round(b)) for b in flat[at:].tolist()]
 
 
 def _scalar(value):

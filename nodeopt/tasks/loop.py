@@ -13,6 +13,12 @@ Batches come from a per-epoch permutation drawn from ``torch.Generator().manual_
 (seed · 1_000_003 + epoch)``, so a resumed run sees exactly the batches of an
 uninterrupted one; the global RNG state (Hutchinson noise) is saved in the checkpoint.
 SIGINT and SIGTERM stop the loop at the end of the current iteration, after a checkpoint.
+
+Across processes (``world``, see :mod:`nodeopt.tasks.distributed`) the loop is the same:
+``batch_size`` is the global batch and each rank trains on its share of it through a DDP
+wrapper of the model; the loss, the stop requests and the clock are summed over the ranks
+once per iteration so that every rank takes the same decisions; evaluation is sharded and
+summed; rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from torch.utils.data import DistributedSampler
+
+from . import distributed
+from .distributed import World
 from .rundir import CheckpointError, RunDir
 from .tasks import Task, ode_blocks, solve_counts
 
@@ -71,6 +81,7 @@ class Trainer:
         checkpoint_every: write ``checkpoint.pt`` every this many iterations (and at the end).
         on_iteration: called with each metrics row (a progress bar, say).
         diverge_factor: stop when the loss is NaN/inf or exceeds this multiple of the first loss.
+        world: this process's place among the training processes (default: the only one).
     """
 
     task: Task
@@ -87,33 +98,50 @@ class Trainer:
     on_iteration: Optional[Callable[[dict], None]] = None
     diverge_factor: float = 1e3
     progress: Progress = field(default_factory=Progress)
+    world: World = field(default_factory=World)
 
     def __post_init__(self):
         self.optimizers = self.optimizer if isinstance(self.optimizer, (list, tuple)) else [self.optimizer]
         self.blocks = ode_blocks(self.model)
         self._stop_requested = ""
-        self._permutation = (None, None)  # (epoch, its permutation)
-        if self.batch_size > self.task.n_train:
+        self._shard = (None, None)  # (epoch, this rank's share of its permutation)
+        n, size = self.task.n_train, self.world.size
+        if self.batch_size > n:
             raise ValueError(f"--batch-size {self.batch_size} is larger than the training set "
-                             f"({self.task.n_train} examples); use at most {self.task.n_train}")
+                             f"({n} examples); use at most {n}")
+        if self.batch_size % size:
+            raise ValueError(f"--batch-size {self.batch_size} is the global batch and must split evenly over the "
+                             f"{size} processes; use a multiple of {size} (e.g. {self.batch_size // size * size or size})")
+        # torch's sampler draws randperm(n) from seed + epoch: the same permutation a single process uses.
+        self.sampler = DistributedSampler(range(n), num_replicas=size, rank=self.world.rank, shuffle=True,
+                                          seed=self.seed * 1_000_003, drop_last=True)
+        self.train_model = distributed.wrap(self.model, self.world, self.task.device)
 
     @property
     def batches_per_epoch(self) -> int:
         return max(1, self.task.n_train // self.batch_size)
 
     def batch(self, iteration: int) -> tuple[int, torch.Tensor]:
-        """The epoch and the training indices of an iteration (the last incomplete batch is dropped)."""
+        """The epoch and this rank's training indices of an iteration (the last incomplete batch is dropped).
+
+        Batch ``i`` of an epoch is positions ``i·B … (i+1)·B - 1`` of the epoch's permutation: rank
+        ``r`` of ``R`` holds positions ``r, r + R, …`` (``DistributedSampler``), and its ``i``-th
+        share of ``B / R`` of them interleaves with the other ranks' to give exactly those ``B``.
+        """
         epoch, i = divmod(iteration, self.batches_per_epoch)
-        if self._permutation[0] != epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._permutation = (epoch, torch.randperm(self.task.n_train, generator=gen).to(self.task.device))
-        return epoch, self._permutation[1][i * self.batch_size:(i + 1) * self.batch_size]
+        if self._shard[0] != epoch:
+            self.sampler.set_epoch(epoch)
+            self._shard = (epoch, torch.tensor(list(self.sampler), dtype=torch.int64, device=self.task.device))
+        share = self.batch_size // self.world.size
+        return epoch, self._shard[1][i * share:(i + 1) * share]
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, budget: Budget) -> Progress:
         """Train until the budget is spent, a stop signal arrives, or the loss diverges."""
         p = self.progress
-        self.run.open_metrics(keep_until=p.iteration)
+        main = self.world.main
+        if main:
+            self.run.open_metrics(keep_until=p.iteration)
         self.model.train()
         wall0 = time.perf_counter() - p.wall_seconds
         try:
@@ -131,9 +159,10 @@ class Trainer:
                         row["metric"] = self._evaluate()
                     p.wall_seconds = time.perf_counter() - wall0
                     row["wall_seconds"] = p.wall_seconds
-                    self.run.append_metrics(row)
-                    if self.on_iteration is not None:
-                        self.on_iteration(row)
+                    if main:
+                        self.run.append_metrics(row)
+                        if self.on_iteration is not None:
+                            self.on_iteration(row)
                     if p.stopped == "diverged":
                         break
                     if p.iteration % self.checkpoint_every == 0 and not last:
@@ -142,7 +171,8 @@ class Trainer:
                 if p.stopped != "diverged":  # keep the last checkpoint that was still finite
                     self.save()
         finally:
-            self.run.close()
+            if main:
+                self.run.close()
         return p
 
     def _iteration(self) -> dict:
@@ -157,7 +187,7 @@ class Trainer:
                 self.precond.train_itr_setup()
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
-            loss = self.task.loss(self.model, idx)
+            loss = self.task.loss(self.train_model, idx)
             loss.backward()
             if self.t1_optimizer is not None:
                 self.t1_optimizer.record()
@@ -174,15 +204,22 @@ class Trainer:
         for sched in self.schedulers:
             sched.step()
         value = loss.item()  # synchronises the device
-        p.train_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if self.world.distributed:  # one message: every rank sees the same loss, clock and stop requests
+            total_loss, total_seconds, stops = self.world.all_sum(
+                [value, seconds, bool(self._stop_requested)], self.task.device)
+            value, seconds = total_loss / self.world.size, total_seconds / self.world.size
+            if stops and not self._stop_requested:
+                self._stop_requested = "a stop signal on another rank"
+        p.train_seconds += seconds
         p.iteration += 1
-        nfe_forward, nfe_backward = solve_counts(self.model)
+        nfe_forward, nfe_backward = solve_counts(self.model)  # of this rank's share of the batch
         return dict(iteration=p.iteration, epoch=epoch, train_seconds=p.train_seconds, loss=value,
                     nfe_forward=nfe_forward, nfe_backward=nfe_backward, t1=t1,
                     lr=self.optimizers[0].param_groups[0]["lr"])
 
     def _evaluate(self) -> float:
-        value = self.task.evaluate(self.model)
+        value = self.task.evaluate(self.model, world=self.world)
         p = self.progress
         p.last_metric = value
         if math.isfinite(value) and (p.best_metric is None or self.task.better(value, p.best_metric)):
@@ -220,11 +257,13 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict:
+        """Everything needed to continue; a collective under torch.distributed (it gathers every rank's RNG)."""
+        rng = self.world.gather(torch.get_rng_state())
         out = dict(model=self.model.state_dict(), optimizers=[o.state_dict() for o in self.optimizers],
                    schedulers=[s.state_dict() for s in self.schedulers],
-                   progress=dict(vars(self.progress)), rng_cpu=torch.get_rng_state())
-        if torch.cuda.is_available():
-            out["rng_cuda"] = torch.cuda.get_rng_state_all()
+                   progress=dict(vars(self.progress)), rng_cpu=rng[0], rng_cpu_ranks=rng, world_size=self.world.size)
+        if self.task.device.type == "cuda":
+            out["rng_cuda_ranks"] = self.world.gather(torch.cuda.get_rng_state(self.task.device))
         if self.precond is not None:
             out["precond"] = self.precond.state_dict()
         if self.t1_optimizer is not None:
@@ -232,10 +271,19 @@ class Trainer:
         return out
 
     def save(self) -> None:
-        self.run.save_checkpoint(self.state())
+        state = self.state()
+        if self.world.main:
+            self.run.save_checkpoint(state)
 
     def restore(self, state: dict) -> None:
-        """Load a checkpoint written by :meth:`save` (from :meth:`RunDir.load_checkpoint`)."""
+        """Load a checkpoint written by :meth:`save` (from :meth:`RunDir.load_checkpoint`).
+
+        Under torch.distributed every rank restores the same state (rank 0 reads it and broadcasts
+        it). With as many ranks as wrote it, each rank takes back its own random stream, so the
+        resumed run equals one run straight through; with another number of ranks the batches are
+        re-sharded exactly (see :meth:`batch`), and the ranks' random streams (Hutchinson's noise)
+        restart from the seed.
+        """
         path = self.run.file("checkpoint.pt")
         try:
             self.model.load_state_dict(state["model"])
@@ -257,9 +305,24 @@ class Trainer:
                                   f"(they are in config.json)") from None
         self.progress = Progress(**state["progress"])
         self.progress.stopped = ""
-        torch.set_rng_state(state["rng_cpu"])
-        if "rng_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        ranks = state.get("rng_cpu_ranks") or [state["rng_cpu"]]
+        if len(ranks) == self.world.size:
+            torch.set_rng_state(ranks[self.world.rank])
+        elif self.world.main:
+            logger.warning("the checkpoint was written by %d processes and this run has %d: the batches are "
+                           "re-sharded exactly, but the random streams of ranks other than 0 restart from the seed",
+                           len(ranks), self.world.size)
+            torch.set_rng_state(ranks[0])
+        else:
+            torch.manual_seed(rank_seed(self.seed, self.world.rank, self.progress.iteration))
+        cuda = state.get("rng_cuda_ranks")
+        if cuda and self.task.device.type == "cuda" and len(cuda) == self.world.size:
+            torch.cuda.set_rng_state(cuda[self.world.rank], self.task.device)
+
+
+def rank_seed(seed: int, rank: int, iteration: int = 0) -> int:
+    """The seed of rank ``rank``'s random stream (rank 0 continues the run's own stream from ``seed``)."""
+    return (seed * 1_000_003 + rank * 7_919 + iteration) % (2 ** 63)
 
 
 def _sync(device: torch.device) -> None:

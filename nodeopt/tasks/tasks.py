@@ -54,27 +54,35 @@ class Task:
         return x.to(self.device), None if y is None else y.to(self.device)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str = "test", seed: int = 0) -> float:
+    def evaluate(self, model: nn.Module, split: str = "test", seed: int = 0, world=None) -> float:
         """The metric on a split, in evaluation mode, in chunks of ``EVAL_BATCH``.
 
         Randomness inside the model (Hutchinson's noise) is drawn from ``seed`` under a
         forked RNG, so an evaluation is repeatable and leaves training's random stream as it was.
+        With a ``world`` of several processes (:class:`~nodeopt.tasks.distributed.World`), each
+        rank evaluates a contiguous ``1/size`` of the split and the sums are added over the ranks
+        (a collective: every rank must call it).
         """
         was_training = model.training
         model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return self._evaluate(model, split, was_training)
+            torch.manual_seed(seed + (world.rank if world is not None else 0))
+            return self._evaluate(model, split, was_training, world)
 
-    def _evaluate(self, model, split, was_training) -> float:
+    def _evaluate(self, model, split, was_training, world) -> float:
         try:
             x, y = self.split(split)
+            n = len(x)
+            rank, size = (world.rank, world.size) if world is not None else (0, 1)
+            start, stop = n * rank // size, n * (rank + 1) // size
             total = 0.0
-            for i in range(0, len(x), EVAL_BATCH):
-                idx = torch.arange(i, min(i + EVAL_BATCH, len(x)), device=self.device)
+            for i in range(start, stop, EVAL_BATCH):
+                idx = torch.arange(i, min(i + EVAL_BATCH, stop), device=self.device)
                 total += float(self.metric_sum(model, x, y, idx, split))
-            return total / len(x)
+            if world is not None:
+                total = world.all_sum([total], self.device)[0]
+            return total / n
         finally:
             model.train(was_training)
 
