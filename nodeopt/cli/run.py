@@ -111,6 +111,7 @@ def run_training(s: dict, resume: bool = False, progress: bool = True, plots: bo
         if plots:
             _plots(run, task, model)
         _print_summary(summary, time.perf_counter() - t0)
+    world.barrier()  # leave the group together (a rank gone early would tear down the others' connections)
     return 0 if result.stopped != "diverged" else 1
 
 
@@ -167,8 +168,10 @@ def _first_problem(world: World, problem: str) -> str:
 
 
 def _report(world: World, problem: str, code: int) -> int:
+    """Every rank stops here together: rank 0 prints the problem."""
     if world.main:
         print(f"nodeopt train: {problem}", file=sys.stderr)
+    world.barrier()  # leave the group together (a rank gone early would tear down the others' connections)
     return code
 
 

@@ -278,10 +278,17 @@ def _main(args, parser, world: World) -> int:
             settings = _resumed_settings(args, parser)
     from .run import run_training
     try:
-        return run_training(settings, resume=bool(args.resume), progress=not args.quiet, plots=not args.no_plots,
+        code = run_training(settings, resume=bool(args.resume), progress=not args.quiet, plots=not args.no_plots,
                             world=world, timeout=timeout)
     finally:
         distributed.stop()
+    if code and world.distributed:
+        # torchrun stops the other ranks as soon as one exits with an error; a rank still in interpreter
+        # shutdown then can abort in a library thread, and torchrun would blame that abort. Leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _restarts_allowed() -> bool:

@@ -119,10 +119,28 @@ def start(world: World, device: str, timeout: float = DEFAULT_TIMEOUT) -> torch.
     else:
         here = torch.device("cpu")
     if world.launched() and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if here.type == "cuda" else "gloo",
-                                             timeout=datetime.timedelta(seconds=timeout),
+        wait = datetime.timedelta(seconds=timeout)
+        torch.distributed.init_process_group("nccl" if here.type == "cuda" else "gloo", timeout=wait,
+                                             **_rendezvous(world, wait),
                                              **({"device_id": here} if here.type == "cuda" else {}))
     return here
+
+
+def _rendezvous(world: World, timeout: datetime.timedelta) -> dict:
+    """How the ranks find each other: torchrun's store, under a prefix of its own for each restart.
+
+    A restarted attempt reuses the agent's store; without a prefix per attempt the new ranks can
+    read the addresses the failed attempt left there and fail to connect (seen with gloo after
+    ``torchrun --max-restarts``). Outside torchrun: the usual ``env://`` (MASTER_ADDR, MASTER_PORT).
+    """
+    env = os.environ
+    if "TORCHELASTIC_RESTART_COUNT" not in env:
+        return {}
+    agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts the store; else rank 0 does
+    store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world.size,
+                                       is_master=not agent and world.rank == 0, timeout=timeout)
+    return dict(store=torch.distributed.PrefixStore(f"nodeopt/attempt_{world.restart}", store), rank=world.rank,
+                world_size=world.size)
 
 
 def stop() -> None:
@@ -147,6 +165,16 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
                                    forward_sync_buffers=False, find_unused_parameters=False)
 
 
+_LOST = ("gloo", "nccl", "timed out", "connection closed", "connection reset", "broken pipe")
+
+
 def is_lost_contact(err: BaseException) -> bool:
-    """Whether an exception came from the process group (another rank failed, or a collective timed out)."""
-    return isinstance(err, torch.distributed.DistError)
+    """Whether an exception came from the process group (another rank failed, or a collective timed out).
+
+    torch raises ``DistError`` for most of these, but a collective that times out inside
+    DDP's backward surfaces as a plain ``RuntimeError`` naming gloo's (or NCCL's) transport.
+    """
+    if isinstance(err, torch.distributed.DistError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(word in text for word in _LOST)
