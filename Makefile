@@ -35,6 +35,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.optimizers
 	$(PY) -m benchmarks.snopt_stability
 	$(PY) -m benchmarks.train_loop
+	$(PY) -m benchmarks.distributed
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -158,3 +158,22 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_with_no_row_lost_or_repe
     straight, resumed = _model(runs / "eight"), _model(run)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_iteration(tmp_path):
+    run = tmp_path / "r"
+    proc = _torchrun(HELPER, "sigterm", "1", "3", str(tmp_path / "marker"), "--", *ARGS, "--iterations", "50",
+                     "--run-dir", str(run))
+    _ok(proc)
+    assert _iterations(run) == [1, 2, 3]  # rank 1 was signalled during iteration 3; both finished it and stopped
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["progress"]["iteration"] == 3
+    assert json.loads((run / "summary.json").read_text())["stopped"] == "a stop signal on another rank"
+
+
+def test_every_rank_stops_on_the_same_clock_under_a_time_budget(tmp_path):
+    run = tmp_path / "r"
+    _ok(_nodeopt("--nproc", "2", "--iterations", "100000", "--time-budget", "1", "--run-dir", str(run)))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "time budget" and 1 <= summary["train_seconds"] < 5
+    assert _iterations(run) == list(range(1, summary["iterations"] + 1))

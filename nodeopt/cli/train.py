@@ -272,7 +272,7 @@ def _main(args, parser, world: World) -> int:
             parser.error("argument --run-dir: torchrun may restart this run (--max-restarts), and without --run-dir "
                          "or --rdzv-id the restarted processes could not find its checkpoint; give --run-dir")
         settings["run_dir"] = settings["run_dir"] or default_run_dir(settings, world)
-        if world.restart and (Path(settings["run_dir"]) / "checkpoint.pt").exists():
+        if world.restart and world.broadcast((Path(settings["run_dir"]) / "checkpoint.pt").exists()):
             logger.info("restart %d of this run: resuming from %s", world.restart, settings["run_dir"])
             args.resume = settings["run_dir"]
             settings = _resumed_settings(args, parser)

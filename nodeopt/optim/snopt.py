@@ -12,8 +12,11 @@ Used around any ``torch.optim`` optimiser, as in the paper's code::
 On refresh iterations the forward and backward pass run inside a :class:`~nodeopt.optim.capture.CurvatureCapture`, which
 gathers Kronecker factors of each ``Linear``/``Conv2d`` layer along the
 backward pass of whatever gradient method the ODE uses; ``step()`` then
-refreshes the eigenbases (under ``torch.distributed`` the factors are first
-averaged over the ranks, so every rank preconditions with the same bases).
+refreshes the eigenbases. Under ``torch.distributed`` (e.g. DDP) the factors of
+every layer are first averaged over the ranks in one all-reduce, so every rank
+preconditions with the same bases; everything else SNOpt computes (the step bound,
+the damping's reduction ratio) reads the gradients, which DDP has already averaged,
+so the ranks stay identical.
 Refresh iterations are every ``update_freq``-th from the first and, while the
 model moves fastest, also iterations 1, 2, 4, 8, … below ``update_freq``
 (``early_refresh``): the basis computed at initialisation goes stale first.

@@ -3,13 +3,15 @@
 Files (all written by :class:`RunDir`):
 
 * ``config.json`` — every resolved setting of the run (task, dataset and its sizes as
-  read, model, optimiser, gradient method, solver, versions, git commit).
+  read, model, optimiser, gradient method, solver, number of processes, versions, git commit).
+
+Under torchrun rank 0 alone writes these files (see :mod:`nodeopt.tasks.distributed`).
 * ``metrics.csv`` — one row per training iteration, flushed as it is written, columns
   ``COLUMNS``. ``metric`` is filled on evaluation iterations only (test accuracy as
   a fraction, or test NLL in nats); ``train_seconds`` excludes evaluation.
 * ``checkpoint.pt`` — everything needed to continue (model state under ``"model"``,
-  the optimisers', SNOpt's and the integration-time optimiser's state, RNG state,
-  progress). Written to a temporary file and renamed, so it is always whole; read
+  the optimisers', SNOpt's and the integration-time optimiser's state, progress, and the
+  RNG state of every process: ``rng_cpu_ranks``, ``world_size``). Written to a temporary file and renamed, so it is always whole; read
   with ``torch.load(weights_only=True)``, so loading never runs code from the file.
 * ``summary.json`` — the final (or latest) result of the run.
 * ``*.png`` — plots (see :mod:`nodeopt.tasks.plots`).

@@ -1,8 +1,9 @@
 """``nodeopt train`` with a fault injected at one rank, for the torchrun tests in tests/test_torchrun.py.
 
 Usage (under torchrun): ``faulty_train.py KIND RANK ITERATION MARKER -- TRAIN ARGS...`` where KIND is
-``raise`` (the rank raises a RuntimeError), ``hang`` (it stops answering) or ``kill`` (it is killed
-with SIGKILL, once: MARKER records that it happened, so a restarted attempt runs cleanly).
+``raise`` (the rank raises a RuntimeError), ``hang`` (it stops answering), ``kill`` (it is killed
+with SIGKILL) or ``sigterm`` (it alone receives SIGTERM). Each fault happens once: MARKER records
+that it did, so a restarted attempt runs cleanly.
 """
 
 import os
@@ -28,6 +29,8 @@ def faulty(self):
             time.sleep(600)
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
     return original(self)
 
 
