@@ -107,6 +107,28 @@ def test_odeblock_returns_the_final_state_and_its_time_gradient():
     assert block.last_times.grad[-1].item() == pytest.approx(0.5 * 3.5 * math.exp(1.0), rel=1e-7)
 
 
+@pytest.mark.parametrize("gradient", ["backprop", "symplectic", "adjoint"])
+def test_cnf_time_gradient_of_a_flow_integrated_backward_matches_finite_differences(gradient):
+    """FFJORD integrates data at t1 back to noise at t0; dL/dt1 reaches the first of its times."""
+    from nodeopt.tasks.models import FFJORD
+    torch.manual_seed(0)
+    model = FFJORD(2, hidden=(8,), rtol=1e-10, atol=1e-10, gradient=gradient).double()
+    block = model.blocks[0]
+    block.track_time_gradient = True
+    x = torch.randn(6, 2, dtype=DT, generator=torch.Generator().manual_seed(1))
+    model(x).mean().backward()
+    dl_dt1 = block.last_times.grad[0].item()  # the solve runs over [t1, t0]
+
+    def loss(t1):
+        block.t1 = t1
+        with torch.no_grad():
+            return model(x).mean().item()
+
+    h = 1e-5
+    fd = (loss(1.0 + h) - loss(1.0 - h)) / (2 * h)
+    assert dl_dt1 == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
 def test_odeblock_t1_must_stay_after_t0():
     block = ODEBlock(Scalar(), t1=1.0)
     with pytest.raises(ValueError, match="t1 must be greater than t0"):

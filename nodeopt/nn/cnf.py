@@ -59,7 +59,9 @@ class CNF(nn.Module):
         z = state[0]
         outer = torch.is_grad_enabled()
         with torch.enable_grad():
-            if not z.requires_grad:
+            # Without an outer graph, differentiate a fresh leaf: a view taken under no_grad of a tensor that
+            # requires grad says requires_grad=True yet is not connected to what is computed from it.
+            if not (outer and z.requires_grad):
                 z = z.detach().requires_grad_(True)
             dz = self.net(t, z)
             with observe.muted():  # the divergence's own gradients are not the training backward pass
