@@ -5,7 +5,8 @@ Run from the repository root::
     python -m benchmarks.gradients                 # full run (about 12 minutes on 2 CPU cores)
     python -m benchmarks.gradients --quick         # smoke run (a few seconds per method)
 
-Options: ``--workloads cnf,cnf-mild,conv,long`` (default: all four), ``--repeats N``
+Options: ``--workloads cnf,cnf-mild,conv,long`` (default: these four; ``cnf-compiled`` is
+the fifth, run on request), ``--repeats N``
 (timing rounds; default per workload), ``--out PATH`` (JSON; default
 ``benchmarks/out/gradients.json``, ``benchmarks/out/gradients-quick.json`` with
 ``--quick``), ``--no-memory`` (skip the memory subprocesses), ``--memory-only``
@@ -64,6 +65,19 @@ Workloads (float32, seeded, dopri5):
   (16+1 -> 32 -> 16 channels, time as an extra channel), ``rtol = atol = 1e-4``.
 * ``long``: the ``cnf`` field over ``t = [0, 20]`` (a few hundred steps), batch 128
   (to keep the run within its time budget; backprop then holds about 1 GB).
+* ``cnf-compiled``: the ``cnf`` field under ``torch.compile``, one compiled module
+  shared by nodeopt and torchdiffeq; times only (every memory subprocess would
+  compile again).
+
+Extra rows (per workload, ``Workload.extra``): ``SymplecticAdjoint(store_stages=True)``,
+``Exact()`` (``memory=None``: half the free memory), and checkpointed step states
+(``CheckpointedStates("symplectic", states=10 or 32)``: at most that many step states
+held at once). On ``cnf`` and ``long`` a **memory-budget sweep** first measures
+backprop's peak, then runs ``Exact(memory=B)`` for ``B`` = that peak / 2, / 10, / 50
+with the other methods (same rounds, same memory procedure), and reports which fixed
+exact methods fit in ``B`` (measured peak ≤ B) and Exact's time against the fastest
+of them. Goals: Exact's peak ≤ B plus one network use (measured as Exact measures it),
+and its time ≤ ``EXACT_TIME_GOAL`` × the fastest fixed method that fits.
 
 The continuous adjoints' backward solves are capped at ``ADJOINT_MAX_STEPS``
 steps (nodeopt ``options``, torchdiffeq ``adjoint_options``); a method that hits
@@ -137,11 +151,15 @@ class Workload:
     extra: tuple = ()  # keys of EXTRA_METHODS also run on this workload
     reference: bool = False  # also compute a float64 reference gradient at REF_TOLS
     note: str = ""
+    sweep: bool = False  # also Exact(memory=B) at B = backprop's peak / SWEEP_FRACTIONS
+    compiled: bool = False  # the field is torch.compile'd (nodeopt and torchdiffeq share the compiled field)
+    only: tuple = ()  # run just these method keys (default: every standard method plus `extra`)
 
 
 WORKLOADS = {
-    "cnf": Workload("cnf", "mlp", batch=256, t_end=1.0, tol=1e-5, repeats=3,
-                    extra=("adjoint-1e-7", "symplectic-stored"), reference=True,
+    "cnf": Workload("cnf", "mlp", batch=256, t_end=1.0, tol=1e-5, repeats=5,
+                    extra=("adjoint-1e-7", "symplectic-stored", "exact", "checkpointed-10"), reference=True,
+                    sweep=True,
                     note=f"{MLP_SCALE:g} * MLP 44-256-256-256-43 (tanh) - {MLP_DECAY:g} y, batch 256, t=[0,1], "
                          f"rtol=atol=1e-5"),
     "cnf-mild": Workload("cnf-mild", "mlp", batch=256, t_end=1.0, tol=1e-5, repeats=3, scale=20.0, decay=0.0,
@@ -151,8 +169,15 @@ WORKLOADS = {
     "conv": Workload("conv", "conv", batch=32, t_end=1.0, tol=1e-4, repeats=2, scale=CONV_SCALE, decay=CONV_DECAY,
                      note=f"state (32,16,28,28), {CONV_SCALE:g} * conv3x3(33->16)(tanh(conv3x3(17->32))) - "
                           f"{CONV_DECAY:g} y, time as a channel, t=[0,1], rtol=atol=1e-4"),
-    "long": Workload("long", "mlp", batch=128, t_end=20.0, tol=1e-5, repeats=2, extra=("symplectic-stored",),
+    "long": Workload("long", "mlp", batch=128, t_end=20.0, tol=1e-5, repeats=3,
+                     extra=("symplectic-stored", "exact", "checkpointed-32"), sweep=True,
                      note="the cnf field, batch 128, t=[0,20], rtol=atol=1e-5"),
+    "cnf-compiled": Workload("cnf-compiled", "mlp", batch=256, t_end=1.0, tol=1e-5, repeats=5, compiled=True,
+                             only=("backprop", "checkpoint", "symplectic", "td-backprop"),
+                             extra=("symplectic-stored", "exact"),
+                             note="the cnf field under torch.compile (one compiled module shared by nodeopt and "
+                                  "torchdiffeq), batch 256, t=[0,1], rtol=atol=1e-5; no memory runs (each "
+                                  "subprocess would compile again)"),
 }
 DEFAULT_WORKLOADS = "cnf,cnf-mild,conv,long"
 REF_TOLS = (1e-9, 1e-10)  # float64 reference gradient (exact gradient of a dopri5 solve this tight)
@@ -162,8 +187,13 @@ QUICK = {
     "cnf": dict(batch=32, width=64, repeats=1, extra=()),
     "cnf-mild": dict(batch=32, width=64, repeats=1, extra=("adjoint-1e-7",)),
     "conv": dict(batch=2, size=14, hidden=16, repeats=1),
-    "long": dict(batch=16, width=64, t_end=4.0, repeats=1, extra=("symplectic-stored",)),
+    "long": dict(batch=16, width=64, t_end=4.0, repeats=1, extra=("symplectic-stored", "exact", "checkpointed-32")),
+    "cnf-compiled": dict(batch=32, width=64, repeats=1, extra=("exact",)),
 }
+SWEEP_FRACTIONS = (2, 10, 50)  # Exact(memory=B) with B = backprop's measured peak / each
+EXACT_TIME_GOAL = 1.1  # Exact's time / the fastest fixed exact method that fits in B
+FIXED_EXACT = ("backprop", "onecheckpoint", "checkpoint", "symplectic", "symplectic-stored", "checkpointed-10",
+               "checkpointed-32")
 QUICK_REF_TOLS = (1e-7, 1e-8)
 
 
@@ -199,8 +229,25 @@ EXTRA_METHODS = [
            lambda: nodeopt.Adjoint(rtol=1e-8, atol=1e-8, options={"norm": "seminorm", **_CAP})),
     Method("symplectic-stored", "nodeopt symplectic, stored stages", "nodeopt",
            lambda: nodeopt.SymplecticAdjoint(store_stages=True)),
+    Method("exact", "nodeopt exact (memory=None: half the free memory)", "nodeopt", lambda: "exact"),
+    Method("checkpointed-10", "nodeopt symplectic, 10 step states held", "nodeopt",
+           lambda: nodeopt.CheckpointedStates("symplectic", states=10)),
+    Method("checkpointed-32", "nodeopt symplectic, 32 step states held", "nodeopt",
+           lambda: nodeopt.CheckpointedStates("symplectic", states=32)),
 ]
 ALL_METHODS = {m.key: m for m in METHODS + EXTRA_METHODS}
+
+
+def budget_method(budget: int, label: str = "") -> Method:
+    """``Exact(memory=budget)`` as a method of the sweep; its key carries the budget (for the subprocesses)."""
+    return Method(f"exact-budget-{budget}", label or f"nodeopt exact, memory={budget / 1e6:.3g} MB", "nodeopt",
+                  lambda: nodeopt.Exact(memory=budget))
+
+
+def method_by_key(key: str) -> Method:
+    if key.startswith("exact-budget-"):
+        return budget_method(int(key[len("exact-budget-"):]))
+    return ALL_METHODS[key]
 
 # The issue's targets.
 TARGET_TIME = 1.5       # symplectic time / backprop on cnf and long (aim AIM_TIME)
@@ -310,6 +357,8 @@ def make_case(wl: Workload) -> Case:
         inner = ConvField(wl.channels, wl.hidden, wl.scale, wl.decay)
         y0 = torch.randn(wl.batch, wl.channels, wl.size, wl.size)
     v = torch.randn_like(y0)
+    if wl.compiled:
+        inner = torch.compile(inner)
     func = Counted(inner)
     y0.requires_grad_(True)
     t = torch.tensor([0.0, wl.t_end])
@@ -357,7 +406,7 @@ def forward_backward(case: Case, method: Method, count: bool = False) -> dict:
     out = {"time": elapsed, "counted": counted}
     if stats is not None:
         out["stats"] = {k: getattr(stats, k) for k in ("nfe", "n_steps", "n_rejected", "nfe_backward",
-                                                       "nvjp_backward")}
+                                                       "nvjp_backward", "strategy", "estimated_peak_bytes")}
     return out
 
 
@@ -376,7 +425,8 @@ def reference_gradient(case: Case, tols) -> dict:
     Returns the gradient at the tightest tolerance and, per tolerance, steps,
     time and its difference from the tightest one (how well converged it is).
     """
-    func = copy.deepcopy(case.func.inner).double()
+    inner = getattr(case.func.inner, "_orig_mod", case.func.inner)  # (a compiled field: its module)
+    func = copy.deepcopy(inner).double()
     y0 = case.y0.detach().double().requires_grad_(True)
     v = case.v.double()
     t = case.t.double()
@@ -444,7 +494,7 @@ def child(workload_name: str, method_key: str, quick: bool) -> int:
     """Measure one method's peak memory above baseline; prints one ``RESULT {json}`` line."""
     torch.set_num_threads(1)
     case = make_case(workload(workload_name, quick))
-    method = ALL_METHODS[method_key]
+    method = method_by_key(method_key)
     forward_backward(case, method)  # warm-up: every allocation path and lazy init once
     case.y0.grad = None
     for p in case.params:
@@ -481,8 +531,17 @@ def measure_memory(workload_name: str, method_key: str, quick: bool) -> dict:
 
 
 def methods_for(wl: Workload) -> list[Method]:
-    methods = [m for m in METHODS if m.lib == "nodeopt" or torchdiffeq is not None]
+    methods = [m for m in METHODS
+               if (m.lib == "nodeopt" or torchdiffeq is not None) and (not wl.only or m.key in wl.only)]
     return methods + [ALL_METHODS[k] for k in wl.extra]
+
+
+def one_use_bytes(case: Case) -> int:
+    """One network use of the workload's field, as Exact measures it (bytes autograd saves in one evaluation)."""
+    from nodeopt.gradients.exact import StepCosts
+    from nodeopt.solvers.problem import make_problem
+    problem = make_problem(case.func, case.y0.detach(), case.t, case.wl.tol, case.wl.tol, "dopri5", None)
+    return StepCosts.measure(problem, tuple(case.params)).use
 
 
 def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, log, code: dict) -> dict:
@@ -492,8 +551,22 @@ def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, l
     methods = methods_for(wl)
     n_params = sum(p.numel() for p in case.params)
     started = time.perf_counter()
+    memory = memory and not wl.compiled
     log(f"\n### {name}: {'(quick: smaller sizes than this note says) ' if quick else ''}{wl.note}")
     log(f"parameters: {n_params}, state: {tuple(case.y0.shape)}")
+
+    # The memory-budget sweep needs backprop's peak first: Exact(memory=peak / k) then runs with the others.
+    sweep: list[tuple[int, Method]] = []
+    backprop_memory = None
+    if wl.sweep and memory:
+        backprop_memory = measure_memory(name, "backprop", quick)
+        peak = backprop_memory["peak_mb"] * 2 ** 20
+        for frac in SWEEP_FRACTIONS:
+            m = budget_method(int(peak / frac), f"nodeopt exact, memory = backprop's peak / {frac} "
+                                                f"({peak / frac / 2 ** 20:.3g} MB)")
+            sweep.append((frac, m))
+            methods.append(m)
+        log(f"  memory budgets: backprop's peak {backprop_memory['peak_mb']:.1f} MB / {SWEEP_FRACTIONS}")
 
     # Warm-up run of every method, with counting on: counts and gradients.
     res: dict[str, dict] = {}
@@ -552,7 +625,7 @@ def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, l
     # Memory: a fresh subprocess per method.
     if memory:
         for m in methods:
-            mem = measure_memory(name, m.key, quick)
+            mem = backprop_memory if m.key == "backprop" and backprop_memory else measure_memory(name, m.key, quick)
             if mem.get("nodeopt_sha256") != code["nodeopt_sha256"]:
                 log(f"  WARNING: the memory child for {m.key} saw other nodeopt sources "
                     f"({mem.get('nodeopt_sha256')} != {code['nodeopt_sha256']}): nodeopt changed during the run")
@@ -562,13 +635,36 @@ def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, l
         for m in methods:
             res[m.key]["mem_ratio"] = res[m.key]["memory"]["peak_mb"] / ref_mb
 
+    if sweep and memory:
+        extra["sweep"] = sweep_summary(case, res, sweep)
     st = res["backprop"]["stats"]
-    out = {"workload": {**wl.__dict__, "extra": list(wl.extra)}, "repeats": repeats, "n_params": n_params,
-           "state_shape": list(case.y0.shape), "n_steps": st["n_steps"], "n_rejected": st["n_rejected"],
-           "methods": res, "elapsed_s": time.perf_counter() - started, **extra}
+    out = {"workload": {**wl.__dict__, "extra": list(wl.extra), "only": list(wl.only)}, "repeats": repeats,
+           "n_params": n_params, "state_shape": list(case.y0.shape), "n_steps": st["n_steps"],
+           "n_rejected": st["n_rejected"], "methods": res, "elapsed_s": time.perf_counter() - started, **extra}
     log("")
     log(table(out))
     return out
+
+
+def sweep_summary(case: Case, res: dict, sweep: list) -> dict:
+    """Per budget B: Exact's strategy, time and peak; the fixed exact methods that fit in B and the fastest of them."""
+    use = one_use_bytes(case)
+    rows = []
+    for frac, m in sweep:
+        budget = int(m.key[len("exact-budget-"):])
+        e = res[m.key]
+        peak = e["memory"]["peak_mb"] * 2 ** 20
+        fits = [k for k in FIXED_EXACT if k in res and "memory" in res[k] and "failed" not in res[k]
+                and res[k]["memory"]["peak_mb"] * 2 ** 20 <= budget]
+        fastest = min(fits, key=lambda k: res[k]["time"]) if fits else None
+        # Exact against it in the same rounds: the median of the per-round ratios (robust to a shared machine).
+        paired = statistics.median(a / b for a, b in zip(e["times"], res[fastest]["times"])) if fastest else None
+        rows.append({"fraction": frac, "budget_bytes": budget, "key": m.key, "strategy": e["stats"]["strategy"],
+                     "estimated_peak_bytes": e["stats"]["estimated_peak_bytes"], "peak_bytes": peak,
+                     "time": e["time"], "time_ratio": e["time_ratio"], "fits": fits, "fastest_fit": fastest,
+                     "vs_fastest_fit": paired,
+                     "within_budget_plus_one_use": peak <= budget + use})
+    return {"one_use_bytes": use, "rows": rows}
 
 
 def remeasure_memory(name: str, result: dict, quick: bool, log, env: dict) -> None:
@@ -640,8 +736,28 @@ def table(result: dict) -> str:
         notes.append("f64 ref: the same problem in float64, ACA at rtol=atol=" + " and ".join(runs) + " ("
                      + ", ".join(f"{r['n_steps']} steps" for r in runs.values()) + "; they differ by "
                      + ", ".join(f"{r['rel_diff_to_tightest']:.0e}" for r in list(runs.values())[:-1]) + ").")
+    for key, e in result["methods"].items():
+        if key == "exact" and "stats" in e:
+            notes.append(f"nodeopt exact (memory=None) ran as: {e['stats']['strategy']} (estimated peak "
+                         f"{e['stats']['estimated_peak_bytes'] / 2 ** 20:.3g} MB).")
     if notes:
         lines += [""] + notes
+    if "sweep" in result:
+        sw = result["sweep"]
+        lines += ["", f"Memory-budget sweep (one network use = {sw['one_use_bytes'] / 2 ** 20:.3g} MB; the fastest fit "
+                      f"has the least median time; 'Exact / fastest fit' is the median of their per-round ratios):", "",
+                  "| budget B | Exact ran as | Exact peak MB (est.) | Exact time / backprop | fixed exact methods "
+                  "that fit in B | fastest of them | Exact / fastest fit | peak ≤ B + one use |",
+                  "|---|---|---:|---:|---|---|---:|---|"]
+        for r in sw["rows"]:
+            labels = ", ".join(r["fits"]) or "none"
+            fastest = (f"{r['fastest_fit']} ({result['methods'][r['fastest_fit']]['time']:.3g} s)"
+                       if r["fastest_fit"] else "-")
+            vs = f"{r['vs_fastest_fit']:.2f}" if r["vs_fastest_fit"] is not None else "-"
+            lines.append(f"| peak/{r['fraction']} = {r['budget_bytes'] / 2 ** 20:.3g} MB | {r['strategy']} | "
+                         f"{r['peak_bytes'] / 2 ** 20:.3g} ({r['estimated_peak_bytes'] / 2 ** 20:.3g}) | "
+                         f"{r['time_ratio']:.2f} | {labels} | {fastest} | {vs} | "
+                         f"{'yes' if r['within_budget_plus_one_use'] else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -688,6 +804,19 @@ def check_targets(results: dict) -> list[str]:
             out.append(f"MET (no adjoint setting tried gets within {COMPARABLE:g}x of symplectic's error): {name}: "
                        f"symplectic err vs f64 ref {s['grad_err_ref']:.1e} in {s['time']:.2f} s; most accurate "
                        f"adjoint, {best['label']}: {best['grad_err_ref']:.1e} in {best['time']:.2f} s")
+    for name, res in results.items():
+        for r in res.get("sweep", {}).get("rows", []):
+            b = r["budget_bytes"] / 2 ** 20
+            out.append(f"{verdict(r['within_budget_plus_one_use'])}: {name}: Exact(memory=peak/{r['fraction']} = "
+                       f"{b:.3g} MB) peak {r['peak_bytes'] / 2 ** 20:.3g} MB (target <= B + one use = "
+                       f"{b + res['sweep']['one_use_bytes'] / 2 ** 20:.3g} MB)")
+            if r["fastest_fit"] is None:
+                out.append(f"NO FIXED METHOD FITS: {name}: B = {b:.3g} MB; Exact ran as {r['strategy']} in "
+                           f"{r['time_ratio']:.2f}x backprop's time")
+            else:
+                out.append(f"{verdict(r['vs_fastest_fit'] <= EXACT_TIME_GOAL)}: {name}: B = {b:.3g} MB: Exact "
+                           f"({r['strategy']}) takes {r['vs_fastest_fit']:.2f}x the time of the fastest fixed method "
+                           f"that fits, {r['fastest_fit']} (target <= {EXACT_TIME_GOAL})")
     return out
 
 

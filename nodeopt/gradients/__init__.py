@@ -6,9 +6,11 @@ from .api import odeint, solve
 from .backprop import Backprop
 from .base import GRADIENTS, GradientMethod, get_gradient
 from .checkpoint import Checkpoint
+from .checkpointed import CheckpointedStates
+from .exact import Exact
 from .onecheckpoint import OneCheckpoint
 from .symplectic import SymplecticAdjoint
 
 __all__ = ["odeint", "solve", "odeint_adjoint", "odeint_onecheckpoint", "odeint_checkpoint",
            "odeint_symplectic_adjoint", "GradientMethod", "Backprop", "Adjoint", "OneCheckpoint", "Checkpoint",
-           "SymplecticAdjoint", "GRADIENTS", "get_gradient"]
+           "SymplecticAdjoint", "Exact", "CheckpointedStates", "GRADIENTS", "get_gradient"]

@@ -48,7 +48,7 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
     problem = make_problem(func, y0, t, rtol, atol, method, options)
     grad = get_gradient(gradient)
     params = _params(func, adjoint_params)
-    stats = Stats()
+    stats = Stats(strategy=grad.name)
     if problem.t.requires_grad and torch.is_grad_enabled():
         ys = _solve_with_time_gradient(problem, grad, params, stats)
     else:

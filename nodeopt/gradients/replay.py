@@ -5,7 +5,9 @@ each accepted step ``(t_n, h_n, y_n)``. The backward pass walks the steps in
 reverse, carrying the cotangent ``λ`` of the state, adding the output
 cotangents where outputs were taken, and asks the method how to pull ``λ``
 back through one step. Step sizes are the recorded constants, so the result is
-the exact gradient of the discrete map the forward pass computed.
+the exact gradient of the discrete map the forward pass computed. A method may
+record into a trajectory that keeps only some step states (``states.py``); the
+walk then recomputes the others from the recorded steps, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import torch
 from ..solvers.loop import Trajectory
 from ..solvers.problem import Problem
 from ..solvers.solution import Stats
+from ..solvers.step import rk_step
 from . import observe
 from .base import GradientMethod
+from .states import StateWalk
 
 
 class BackwardContext:
@@ -35,10 +39,23 @@ class BackwardContext:
         self.params = params
         self.stats = stats
         self.param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
+        self.trajectory: Optional[Trajectory] = None  # set by StepReplay.backward while it walks
+        self.walk: Optional[StateWalk] = None
 
     def field(self, h: float):
         """The vector field to replay a step of size ``h`` with (announcing stages when observed)."""
         return self.f if self.announcer is None else self.announcer.start(h)
+
+    def advance(self, traj: Trajectory, n: int, y: torch.Tensor) -> torch.Tensor:
+        """``y_{n+1}`` from ``y_n``: recorded step ``n`` again, without a graph, with the forward loop's ops.
+
+        The first stage is evaluated afresh at the step's recorded first-stage time (what
+        a first-same-as-last tableau reused was ``f`` at that time and state), so the
+        result is the forward pass's ``y_{n+1}`` to the bit.
+        """
+        t_first, h, t_last, t, _ = traj.step(n)
+        y1, _ = rk_step(self.f, self.tableau.truncated, t, h, t_last, y, self.f(t_first, y))
+        return y1
 
     def vjp(self, t: float, y: torch.Tensor, v: torch.Tensor, hb: float = 0.0) -> torch.Tensor:
         """``(∂f/∂y)ᵀ v`` at ``(t, y)``, accumulating ``(∂f/∂θ)ᵀ v`` into the parameter gradients.
@@ -73,6 +90,13 @@ class Replay(GradientMethod):
     def stage_store(self, problem: Problem):
         """What the forward pass keeps of each step's stages (a ``loop.StageStore``), or None: nothing."""
         return None
+
+    def trajectory(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats) -> Trajectory:
+        """A fresh trajectory for one forward solve to record into (a subclass may keep only some states)."""
+        return Trajectory()
+
+    def recorded(self, traj: Trajectory, stats: Stats) -> None:
+        """Called once the forward solve has recorded ``traj``: a method may report what it kept in ``stats``."""
 
     @abstractmethod
     def backward(self, ctx: BackwardContext, traj: Trajectory, grad_outputs: torch.Tensor) -> torch.Tensor:
@@ -116,12 +140,15 @@ class StepReplay(Replay):
             return lam
         lam = grad_outputs[-1]
         pending = len(traj.outputs) - 2  # next output (index into traj.outputs) to inject
-        for n in reversed(range(len(traj))):
+        ctx.trajectory = traj
+        ctx.walk = StateWalk(traj, lambda n, y: ctx.advance(traj, n, y))
+        for n, y in ctx.walk:  # every y_n, recomputed where the forward pass dropped it
             if pending >= 0 and traj.outputs[pending] == n + 1:
                 lam = lam + grad_outputs[pending + 1]
                 pending -= 1
             stages, traj.stages[n] = traj.stages[n], None  # kept by the forward pass (or None); freed once used
-            lam = self.step_backward(ctx, *traj.step(n), lam, stages=stages)
+            t_first, h, t_last, t, _ = traj.step(n)
+            lam = self.step_backward(ctx, t_first, h, t_last, t, y, lam, stages=stages)
         return lam + grad_outputs[0]
 
     @abstractmethod
@@ -138,8 +165,10 @@ class StepReplay(Replay):
 class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, method, problem, params, stats, y0, *param_values):
-        result = problem.run(y0.detach(), record=True, stage_store=method.stage_store(problem))
+        traj = method.trajectory(problem, params, stats)
+        result = problem.run(y0.detach(), record=traj, stage_store=method.stage_store(problem))
         stats.n_steps, stats.n_rejected = result.n_steps, result.n_rejected
+        method.recorded(result.trajectory, stats)
         ctx.method, ctx.problem, ctx.params, ctx.stats = method, problem, params, stats
         ctx.trajectory = result.trajectory
         return torch.stack(result.outputs)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -32,11 +32,14 @@ class Trajectory:
     ``outputs[i]`` is the number of steps taken when output time ``i`` was
     reached (the solve lands on every output time when a trajectory is
     recorded, so output ``i`` is the state after step ``outputs[i] - 1``).
+    A subclass may drop states to save memory (``ys[n]`` is then None); the
+    times, step sizes and edges are always kept, so dropped states can be
+    recomputed bit for bit from a kept one.
     """
 
     ts: list[float] = field(default_factory=list)
     hs: list[float] = field(default_factory=list)
-    ys: list[torch.Tensor] = field(default_factory=list)
+    ys: list[Optional[torch.Tensor]] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
     edges: list[tuple[float, float]] = field(default_factory=list)
     stages: list[Optional[list[torch.Tensor]]] = field(default_factory=list)
@@ -83,6 +86,13 @@ class StageStore:
         return chosen
 
 
+def _new_trajectory(record: Union[bool, Trajectory]) -> Optional[Trajectory]:
+    """Where the loop records: the given trajectory (a subclass may keep only some states), a new one, or none."""
+    if isinstance(record, Trajectory):
+        return record
+    return Trajectory() if record else None
+
+
 @dataclass
 class LoopResult:
     outputs: list[torch.Tensor]
@@ -104,7 +114,7 @@ def _nonfinite_error(where: str) -> RuntimeError:
 def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float], *,
                        error_norm: ErrorNorm, controller: Controller, first_step: Optional[float],
                        max_num_steps: int, step_t: Sequence[float] = (), jump_t: Sequence[float] = (),
-                       land: bool = False, record: bool = False, reverse: bool = False,
+                       land: bool = False, record: Union[bool, Trajectory] = False, reverse: bool = False,
                        stage_store: Optional[StageStore] = None) -> LoopResult:
     """Adaptive integration of ``y' = f(t, y)`` from ``times[0]`` through increasing ``times``.
 
@@ -121,7 +131,8 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         jump_t: discontinuities of ``f``: stepped to exactly, and ``f`` is
             evaluated afresh after them (no first-same-as-last reuse).
         land: end a step on every output time instead of interpolating.
-        record: keep the trajectory of accepted steps.
+        record: keep the trajectory of accepted steps: ``True`` in a new :class:`Trajectory`, or
+            into the one given (whose ``append`` may keep only some of the states).
         reverse: the caller reversed time (only for the wording of errors).
         stage_store: with ``record``, keep accepted steps' stage derivatives too (as it allows).
 
@@ -129,9 +140,10 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         RuntimeError: step size underflow, too many steps, non-finite dynamics.
     """
     if len(times) == 1:
-        return LoopResult([y0], Trajectory() if record else None, 0, 0)
+        return LoopResult([y0], _new_trajectory(record), 0, 0)
     t0, t_end = times[0], times[-1]
-    land = land or record or not tableau.has_dense_output
+    traj = _new_trajectory(record)
+    land = land or traj is not None or not tableau.has_dense_output
     inside = [s for s in set(step_t) | set(jump_t) if t0 < s < t_end]
     stops = sorted(set(inside) | ({*times[1:]} if land else {t_end}))
     jumps = set(jump_t)
@@ -140,7 +152,6 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
 
     outputs = [y0]
     n_out = 1
-    traj = Trajectory() if record else None
     t, y = t0, y0
     t_k1 = t
     k1 = f(t, y)
@@ -222,7 +233,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
 
 
 def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float],
-                    grid: Sequence[float], *, record: bool = False, reverse: bool = False,
+                    grid: Sequence[float], *, record: Union[bool, Trajectory] = False, reverse: bool = False,
                     stage_store: Optional[StageStore] = None) -> LoopResult:
     """Fixed-step integration on ``grid`` (which contains every output time).
 
@@ -230,7 +241,7 @@ def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequ
         RuntimeError: if the state becomes NaN or inf (checked at output times).
     """
     outputs = [y0]
-    traj = Trajectory() if record else None
+    traj = _new_trajectory(record)
     n_out = 1
     y = y0
     sign = -1.0 if reverse else 1.0

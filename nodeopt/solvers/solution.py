@@ -21,6 +21,14 @@ class Stats:
             graph (re-solves, recomputed stages); filled in when it runs.
         nvjp_backward: vector–Jacobian products through ``func`` in the
             backward pass; filled in when it runs.
+        strategy: how the gradient is computed: the gradient method's name
+            (``"symplectic"``, ...); :class:`~nodeopt.Exact` reports what it chose,
+            e.g. ``"symplectic-stored+checkpoint"`` (the per-step strategies it used)
+            and, when it kept only some step states,
+            ``"symplectic; step states checkpointed (1 in 4 kept)"``. Set by the
+            forward solve (the plan), and by the backward pass once it ran.
+        estimated_peak_bytes: the peak of the tensors the gradient computation
+            was estimated to hold, in bytes (:class:`~nodeopt.Exact` only; 0 otherwise).
     """
 
     nfe: int = 0
@@ -28,6 +36,8 @@ class Stats:
     n_rejected: int = 0
     nfe_backward: int = 0
     nvjp_backward: int = 0
+    strategy: str = ""
+    estimated_peak_bytes: int = 0
 
 
 @dataclass

@@ -33,7 +33,6 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-
 from torch.utils.data import DistributedSampler
 
 from . import distributed
