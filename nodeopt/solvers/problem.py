@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from .control import ErrorNorm, IController, PIController
-from .loop import LoopResult, integrate_adaptive, integrate_fixed, merge_grid
+from .loop import LoopResult, Trajectory, integrate_adaptive, integrate_fixed, merge_grid
 from .methods import RungeKutta, get_method
 from .state import Dynamics, StateSpec
 
@@ -46,10 +46,12 @@ class Problem:
     def sign(self) -> float:
         return -1.0 if self.reverse else 1.0
 
-    def run(self, y0: Optional[torch.Tensor] = None, *, record: bool = False, land: bool = False,
-            stage_store=None) -> LoopResult:
+    def run(self, y0: Optional[torch.Tensor] = None, *, record: Union[bool, Trajectory] = False,
+            land: bool = False, stage_store=None) -> LoopResult:
         """Integrate from ``y0`` (default: the problem's) under the current autograd mode.
 
+        ``record``: keep the accepted steps (``True``), or record them into the given
+        :class:`~nodeopt.solvers.loop.Trajectory` (which may keep only some states).
         ``stage_store`` (a ``loop.StageStore``), with ``record``: keep accepted steps' stages too.
         """
         y0 = self.y0 if y0 is None else y0
