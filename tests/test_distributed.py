@@ -7,7 +7,6 @@ order of floating-point sums (with an adaptive solver each rank would choose its
 
 import argparse
 import os
-import socket
 
 import pytest
 import torch
@@ -15,11 +14,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from helpers.common import free_port
 from nodeopt import odeint
 from nodeopt.cli.run import build
 from nodeopt.cli.train import add_arguments, resolve_settings
 from nodeopt.gradients import GRADIENTS
-from nodeopt.nn import ODEBlock
 from nodeopt.tasks import RunDir, Trainer
 from nodeopt.tasks.distributed import World, wrap
 from nodeopt.tasks.loop import Budget
@@ -103,10 +102,6 @@ def _worker(rank, port, tmp, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +110,7 @@ def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(_free_port(), str(tmp / "two"), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp / "two"), out), nprocs=2, join=True)
     single = {case: _train(*case, tmp / "one" / "-".join(case), World()) for case in CASES}
     return dict(out), single
 

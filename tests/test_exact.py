@@ -5,11 +5,15 @@ recorded states of a full trajectory (bit for bit), and saved-tensor sizes count
 hand from the layers' shapes.
 """
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 import nodeopt
+from helpers import common
+from helpers.common import step_options
 from nodeopt.gradients.exact import MIN_STATES, PLANNED_FRACTION, StepCosts
 from nodeopt.gradients.memory import saved_tensor_bytes
 from nodeopt.gradients.replay import BackwardContext
@@ -20,32 +24,13 @@ from nodeopt.solvers.solution import Stats
 
 RTOL, ATOL = 1e-5, 1e-7
 TOLS = {"adaptive_heun": (1e-3, 1e-5)}  # so that every adaptive tableau takes tens of steps, not hundreds
-
-
-class Field(nn.Module):
-    """A small time-dependent MLP vector field (float64)."""
-
-    def __init__(self, dim=2, width=8, seed=0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.l1 = nn.Linear(dim + 1, width).double()
-        self.l2 = nn.Linear(width, dim).double()
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
-
-    def forward(self, t, y):
-        return self.l2(torch.tanh(self.l1(torch.cat([y, t.expand(y.shape[0], 1)], dim=1))))
-
-
-def _options(method):
-    return None if METHODS[method].tableau.adaptive else {"step_size": 0.1}
+Field = functools.partial(common.Field, width=8)  # (small: the exactness matrix runs every tableau)
 
 
 def _solve_grads(field, y0, t, method, gradient, options=None):
     rtol, atol = TOLS.get(method, (RTOL, ATOL))
     sol = nodeopt.solve(field, y0, t, rtol=rtol, atol=atol, method=method,
-                        options=options if options is not None else _options(method), gradient=gradient)
+                        options=options if options is not None else step_options(method), gradient=gradient)
     loss = (sol.values[1:] ** 2).sum() + sol.values[-1].sin().sum()
     grads = torch.autograd.grad(loss, [y0] + list(field.parameters()))
     return sol.values.detach(), torch.cat([g.reshape(-1) for g in grads]), sol.stats
@@ -73,7 +58,7 @@ def test_recomputed_step_states_equal_the_recorded_ones_bit_for_bit(method, opti
     field = Field()
     y0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
-    opts = options if METHODS[method].tableau.adaptive else _options(method)
+    opts = options if METHODS[method].tableau.adaptive else step_options(method)
     problem = make_problem(field, y0, t, RTOL, ATOL, method, opts)
     with torch.no_grad():
         full = problem.run(record=True).trajectory
@@ -103,33 +88,6 @@ def test_checkpointed_states_equal_backprop_for_every_tableau(method):
             assert _rel(g, g_ref) < 1e-10, (states, inner, _rel(g, g_ref))
             if states < n:
                 assert stats.nfe_backward > 0  # the dropped states were recomputed
-
-
-def test_checkpointed_states_with_tuple_states_and_time_gradients():
-    class Pair(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = Field()
-
-        def forward(self, t, state):
-            z, a = state
-            dz = self.f(t, z)
-            return dz, (dz * z).sum(1, keepdim=True)
-
-    func = Pair()
-    z0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
-    a0 = torch.zeros(3, 1, dtype=torch.float64, requires_grad=True)
-
-    def grads(gradient):
-        t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
-        z, a = nodeopt.odeint(func, (z0, a0), t, rtol=RTOL, atol=ATOL, gradient=gradient)
-        loss = (z ** 2).sum() + a.sum()
-        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, [z0, a0, t, *func.parameters()])])
-
-    ref = grads(nodeopt.Backprop(land=True))
-    for gradient in (nodeopt.CheckpointedStates(states=3), nodeopt.CheckpointedStates("checkpoint", states=5),
-                     nodeopt.Exact(memory=0), nodeopt.Exact(memory="2kB"), nodeopt.Exact()):
-        assert _rel(grads(gradient), ref) < 1e-10, gradient
 
 
 # ---- one network use, measured ---------------------------------------------------------------
@@ -178,7 +136,7 @@ def test_the_step_costs_of_a_solve_measure_the_field_once():
 
 def _costs(field, y0, t, method):
     rtol, atol = TOLS.get(method, (RTOL, ATOL))
-    problem = make_problem(field, y0.detach(), t, rtol, atol, method, _options(method))
+    problem = make_problem(field, y0.detach(), t, rtol, atol, method, step_options(method))
     return StepCosts.measure(problem, tuple(field.parameters()))
 
 
@@ -203,7 +161,7 @@ def test_exact_picks_each_strategy_at_a_budget_that_forces_it(method):
         assert torch.equal(ys, ys_ref)
         assert _rel(g, g_ref) < 1e-10, (strategy, _rel(g, g_ref))
         assert 0 < stats.estimated_peak_bytes <= budget, strategy
-    stored = nodeopt.solve(field, y0, t, method=method, options=_options(method), gradient="exact")
+    stored = nodeopt.solve(field, y0, t, method=method, options=step_options(method), gradient="exact")
     assert stored.stats.strategy == "symplectic-stored"  # before the backward pass: the plan
 
 
@@ -263,19 +221,3 @@ def test_a_bad_memory_budget_is_named_with_the_fix(value, match):
 def test_bad_checkpointed_states_arguments_are_named_with_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nodeopt.CheckpointedStates(**kwargs)
-
-
-def test_a_compiled_vector_field_works_under_exact_and_checkpointed_states():
-    # The memory probe runs the compiled field under saved-tensor hooks; the compiled kernels round
-    # differently, so the comparison with the eager field is at float32 precision.
-    field = Field().float()
-    compiled = torch.compile(field)
-    y0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3), requires_grad=True)
-    t = torch.tensor([0.0, 1.0])
-    for gradient in (nodeopt.Exact(), nodeopt.Exact(memory=0), nodeopt.CheckpointedStates(states=3)):
-        grads = []
-        for func in (field, compiled):
-            ys = nodeopt.odeint(func, y0, t, rtol=1e-6, atol=1e-8, gradient=gradient)
-            grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-                ys[-1].square().sum(), [y0, *field.parameters()])]))
-        assert _rel(grads[1], grads[0]) < 1e-5, (gradient, _rel(grads[1], grads[0]))

@@ -7,34 +7,17 @@ import torch
 from torch import nn
 
 import nodeopt
+from helpers.common import Field, step_options
 from nodeopt.solvers import METHODS
 
 EXACT = ("onecheckpoint", "checkpoint", "symplectic")
 ALL = ("backprop", "adjoint") + EXACT
 
 
-class Field(nn.Module):
-    """A small time-dependent MLP vector field."""
-
-    def __init__(self, dim=2, width=16, seed=0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.l1 = nn.Linear(dim + 1, width).double()
-        self.l2 = nn.Linear(width, dim).double()
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
-
-    def forward(self, t, y):
-        return self.l2(torch.tanh(self.l1(torch.cat([y, t.expand(y.shape[0], 1)], dim=1))))
-
-
-def _options(method):
-    return None if METHODS[method].tableau.adaptive else {"step_size": 0.1}
 
 
 def _flat_grads(field, y0, t, method, gradient, rtol=1e-6, atol=1e-8, loss_fn=None):
-    sol = nodeopt.solve(field, y0, t, rtol=rtol, atol=atol, method=method, options=_options(method),
+    sol = nodeopt.solve(field, y0, t, rtol=rtol, atol=atol, method=method, options=step_options(method),
                         gradient=gradient)
     ys = sol.values
     loss = (ys[1:] ** 2).sum() + ys[-1].sin().sum() if loss_fn is None else loss_fn(ys)
@@ -289,7 +272,15 @@ def test_symplectic_with_stored_stages_equals_backprop_in_every_mode(method, rev
         assert stats.nvjp_backward == plain.nvjp_backward
 
 
-def test_stored_stages_work_for_tuple_states_and_time_gradients():
+TUPLE_CASES = {"stored stages": lambda: nodeopt.SymplecticAdjoint(store_stages="1MB"),
+               "3 states held": lambda: nodeopt.CheckpointedStates(states=3),
+               "ACA, 5 states held": lambda: nodeopt.CheckpointedStates("checkpoint", states=5),
+               "exact, memory 0": lambda: nodeopt.Exact(memory=0),
+               "exact, 2kB": lambda: nodeopt.Exact(memory="2kB"), "exact": lambda: nodeopt.Exact()}
+
+
+@pytest.mark.parametrize("case", sorted(TUPLE_CASES))
+def test_memory_saving_modes_work_for_tuple_states_and_time_gradients(case):
     class Pair(nn.Module):
         def __init__(self):
             super().__init__()
@@ -303,7 +294,7 @@ def test_stored_stages_work_for_tuple_states_and_time_gradients():
     z0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
     a0 = torch.zeros(3, 1, dtype=torch.float64, requires_grad=True)
     grads = []
-    for gradient in (nodeopt.Backprop(land=True), nodeopt.SymplecticAdjoint(store_stages="1MB")):
+    for gradient in (nodeopt.Backprop(land=True), TUPLE_CASES[case]()):
         t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
         z, a = nodeopt.odeint(func, (z0, a0), t, rtol=1e-7, atol=1e-9, gradient=gradient)
         loss = (z ** 2).sum() + a.sum()
@@ -327,13 +318,14 @@ def test_stage_budgets_read_decimal_and_binary_units():
 
 
 def test_a_compiled_vector_field_works_under_every_gradient_method():
-    # torch.compile'd fields go through the same solver and backward passes; the compiled
-    # kernels round differently, so the comparison is at float32 precision.
+    # torch.compile'd fields go through the same solver and backward passes (and Exact's memory probe,
+    # which runs the field under saved-tensor hooks); the compiled kernels round differently, so the
+    # comparison is at float32 precision.
     field = Field().float()
     compiled = torch.compile(field)
     y0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3), requires_grad=True)
     t = torch.tensor([0.0, 1.0])
-    for gradient in ALL:
+    for gradient in ALL + (nodeopt.Exact(), nodeopt.Exact(memory=0), nodeopt.CheckpointedStates(states=3)):
         grads = []
         for func in (field, compiled):
             ys = nodeopt.odeint(func, y0, t, rtol=1e-6, atol=1e-8, gradient=gradient)

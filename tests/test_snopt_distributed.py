@@ -1,7 +1,6 @@
 """SNOpt under torch.distributed: factors are averaged across ranks before the eigendecomposition."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.common import free_port
 from nodeopt.nn import ODEBlock
 from nodeopt.optim import SNOpt
 
@@ -56,16 +56,12 @@ def _worker(rank, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_precondition_with_the_mean_of_their_factors():
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=2, join=True)
     (a0, g0), _ = _factors(_model(), *_data(0))
     (a1, g1), _ = _factors(_model(), *_data(1))
     mean_a, mean_g = (a0 + a1) / 2, (g0 + g1) / 2
