@@ -94,11 +94,11 @@ def run_training(s: dict, resume: bool = False, progress: bool = True, plots: bo
     except RuntimeError as err:  # the solver gave up (a blown-up field, too many steps), or another rank did
         if bar is not None:
             bar.close()
-        first = str(err).splitlines()[0]
-        if distributed.is_lost_contact(err):
+        first, lost = str(err).splitlines()[0], distributed.is_lost_contact(err)
+        if lost:
             first = (f"lost contact with the other processes (one of them failed, was killed, or did not answer "
                      f"within --dist-timeout {timeout:g} s): {first}")
-        trainer.progress.stopped = "solver failure" if not distributed.is_lost_contact(err) else "lost contact"
+        trainer.progress.stopped = "lost contact" if lost else "solver failure"
         if world.main:
             run.write_summary(_summary(trainer, s, config, first))
         print(f"{_who(world)}: training stopped at iteration {trainer.progress.iteration}: {first}", file=sys.stderr)
