@@ -133,18 +133,21 @@ def test_time_gradient_matches_central_finite_differences(gradient):
         assert math.isclose(grad[i].item(), fd.item(), rel_tol=1e-5, abs_tol=1e-8), (i, grad[i].item(), fd.item())
 
 
+class CNFLike(nn.Module):
+    """A tuple state ``(z, logp)``: ``z`` follows the field, ``logp`` integrates ``-(dz·z)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.field = Field()
+
+    def forward(self, t, state):
+        z, logp = state
+        dz = self.field(t, z)
+        return dz, -(dz * z).sum(dim=1, keepdim=True)
+
+
 @pytest.mark.parametrize("gradient", EXACT + ("adjoint",))
 def test_tuple_state_gradients_match_backprop(gradient):
-    class CNFLike(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.field = Field()
-
-        def forward(self, t, state):
-            z, logp = state
-            dz = self.field(t, z)
-            return dz, -(dz * z).sum(dim=1, keepdim=True)
-
     func = CNFLike()
     z0 = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
     logp0 = torch.zeros(5, 1, dtype=torch.float64)
@@ -281,16 +284,7 @@ TUPLE_CASES = {"stored stages": lambda: nodeopt.SymplecticAdjoint(store_stages="
 
 @pytest.mark.parametrize("case", sorted(TUPLE_CASES))
 def test_memory_saving_modes_work_for_tuple_states_and_time_gradients(case):
-    class Pair(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = Field()
-
-        def forward(self, t, state):
-            z, a = state
-            dz = self.f(t, z)
-            return dz, (dz * z).sum(1, keepdim=True)
-    func = Pair()
+    func = CNFLike()
     z0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
     a0 = torch.zeros(3, 1, dtype=torch.float64, requires_grad=True)
     grads = []
