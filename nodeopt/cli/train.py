@@ -207,9 +207,8 @@ def default_run_dir(s: dict, world: World = World()) -> str:
     torchrun's run id is the same on every rank and in a restarted attempt, so restarted
     processes find the run directory (and its checkpoint) of the attempt that failed.
     """
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none") if world.launched() else "none"
-    if run_id != "none":
-        stamp = run_id[:8]
+    if world.run_id != "none":
+        stamp = world.run_id[:8]
     else:
         stamp = world.broadcast(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     return str(Path("runs") / f"{s['task']}-{s['dataset']}-{s['optimizer']}-{stamp}")
@@ -267,8 +266,7 @@ def _main(args, parser, world: World) -> int:
         settings = resolve_settings(args, parser)
         if world.launched():  # the run directory's default name is agreed on with the other ranks
             distributed.start(world, settings["device"], timeout)
-        if settings["run_dir"] is None and world.launched() and _restarts_allowed() and \
-                os.environ.get("TORCHELASTIC_RUN_ID", "none") == "none":
+        if settings["run_dir"] is None and world.max_restarts and world.run_id == "none":
             parser.error("argument --run-dir: torchrun may restart this run (--max-restarts), and without --run-dir "
                          "or --rdzv-id the restarted processes could not find its checkpoint; give --run-dir")
         settings["run_dir"] = settings["run_dir"] or default_run_dir(settings, world)
@@ -290,9 +288,6 @@ def _main(args, parser, world: World) -> int:
         os._exit(code)
     return code
 
-
-def _restarts_allowed() -> bool:
-    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
 def _resumed_settings(args, parser) -> dict:

@@ -46,7 +46,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..solvers.loop import StageStore, Trajectory
+from ..solvers.loop import StageStore
 from ..solvers.problem import Problem
 from ..solvers.solution import Stats
 from .base import register
@@ -129,9 +129,7 @@ class BudgetTrajectory(ThinnedTrajectory):
     def append(self, t: float, h: float, y: torch.Tensor, first: float, last: float,
                stages: Optional[list[torch.Tensor]] = None) -> None:
         c = self.costs
-        keep = len(self.hs) % self.stride == 0
-        Trajectory.append(self, t, h, y if keep else None, first, last, None)
-        self.kept += keep
+        self.append_step(t, h, y, first, last, None)
         # States first, then the reserve for ACA steps while it fits beside them (ACA beats recomputed
         # stages by far; stored stages beat ACA by little), then stored stages: make room by dropping
         # stored stages (the latest first), and only then by thinning the states.

@@ -48,10 +48,15 @@ class ThinnedTrajectory(Trajectory):
 
     def append(self, t: float, h: float, y: torch.Tensor, first: float, last: float,
                stages: Optional[list[torch.Tensor]] = None) -> None:
-        keep = len(self.hs) % self.stride == 0
-        super().append(t, h, y if keep else None, first, last, stages)
-        self.kept += keep
+        self.append_step(t, h, y, first, last, stages)
         self.thin()
+
+    def append_step(self, t: float, h: float, y: torch.Tensor, first: float, last: float,
+                    stages: Optional[list[torch.Tensor]] = None) -> None:
+        """Record a step, keeping its state only on the current stride (without thinning)."""
+        keep = len(self.hs) % self.stride == 0
+        Trajectory.append(self, t, h, y if keep else None, first, last, stages)
+        self.kept += keep
 
     def thin(self) -> None:
         """Double the stride (dropping every other kept state) until the kept states are within the limit."""

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from ..nn import ODEBlock
+from .ranks import world_size
 
 METHODS = ("baseline", "feedback")
 
@@ -149,9 +150,9 @@ def _mean_over_ranks(grad_t1: float, batch: int, device) -> float:
     Each rank's loss is the mean over its share, so the mean of the ranks' ``dL/dt1`` is that
     of the whole batch's loss, and the shares add up to the global batch.
     """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    ranks = world_size()
+    if ranks == 1:
         return grad_t1 / batch
     both = torch.tensor([grad_t1, float(batch)], dtype=torch.float64, device=device)
-    dist.all_reduce(both)
-    return float(both[0]) / dist.get_world_size() / float(both[1])
+    torch.distributed.all_reduce(both)
+    return float(both[0]) / ranks / float(both[1])

@@ -52,6 +52,7 @@ from torch import nn
 
 from . import damping, kfac
 from .capture import CurvatureCapture
+from .ranks import world_size
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 REFERENCE_LR = 0.02  # the learning rate at which max_step is calibrated (the paper's)
@@ -337,13 +338,12 @@ def _average_across_ranks(factors: list[torch.Tensor], batch_sizes: list[int]) -
     the ``B`` of the second-moment update that matches the DDP-averaged gradient. Every rank
     then eigendecomposes the same matrices: the same bases everywhere.
     """
-    dist = torch.distributed
-    if not factors or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    ranks = world_size()
+    if not factors or ranks == 1:
         return factors, batch_sizes
-    ranks = dist.get_world_size()
     flat = torch.cat([f.reshape(-1) / ranks for f in factors]
                      + [torch.tensor(batch_sizes, dtype=factors[0].dtype, device=factors[0].device)])
-    dist.all_reduce(flat)
+    torch.distributed.all_reduce(flat)
     out, at = [], 0
     for f in factors:
         out.append(flat[at:at + f.numel()].reshape(f.shape))

@@ -44,6 +44,8 @@ class World:
     local_rank: int = 0
     local_size: int = 1
     restart: int = 0  # torchrun's restart count: > 0 after a failed attempt was restarted
+    max_restarts: int = 0  # how many restarts torchrun allows (--max-restarts)
+    run_id: str = "none"  # torchrun's run id: the same on every rank and in every attempt ("none": not given)
 
     @property
     def main(self) -> bool:
@@ -68,7 +70,9 @@ class World:
         size = int(env["WORLD_SIZE"])
         return cls(rank=int(env["RANK"]), size=size, local_rank=int(env.get("LOCAL_RANK", 0)),
                    local_size=int(env.get("LOCAL_WORLD_SIZE", size)),
-                   restart=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)))
+                   restart=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
+                   max_restarts=int(env.get("TORCHELASTIC_MAX_RESTARTS", 0)),
+                   run_id=env.get("TORCHELASTIC_RUN_ID", "none"))
 
     # -- collectives (no-ops for a single process) ----------------------------------------------
     def all_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
