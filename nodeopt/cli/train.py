@@ -280,9 +280,12 @@ def _main(args, parser, world: World) -> int:
                             world=world, timeout=timeout)
     finally:
         distributed.stop()
-    if code and world.distributed:
-        # torchrun stops the other ranks as soon as one exits with an error; a rank still in interpreter
-        # shutdown then can abort in a library thread, and torchrun would blame that abort. Leave at once.
+    if world.distributed:
+        # Leave at once, without interpreter shutdown: there, process-group threads (DDP's, gloo's) are
+        # sometimes torn down in the wrong order and abort ("terminate called without an active
+        # exception"), and torchrun then reports a run that succeeded, or the real error, as that abort.
+        # Everything this process wrote is closed by now (run directory files are written atomically).
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
