@@ -9,10 +9,9 @@ from .gradients import (Adjoint, Backprop, Checkpoint, CheckpointedStates, Exact
                         SymplecticAdjoint, odeint, odeint_adjoint, odeint_checkpoint, odeint_onecheckpoint,
                         odeint_symplectic_adjoint, solve)
 from .solvers import IController, PIController, RungeKutta, Solution, Stats, Tableau
+from .version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["odeint", "solve", "odeint_adjoint", "odeint_onecheckpoint", "odeint_checkpoint",
+__all__ = ["__version__", "odeint", "solve", "odeint_adjoint", "odeint_onecheckpoint", "odeint_checkpoint",
            "odeint_symplectic_adjoint", "Solution", "Stats", "GradientMethod", "Backprop", "Adjoint",
            "OneCheckpoint", "Checkpoint", "SymplecticAdjoint", "Exact", "CheckpointedStates", "RungeKutta", "Tableau",
            "PIController", "IController"]

@@ -2,9 +2,12 @@
 
 Every expected value is constructed in the test (the pixels, rows and columns written into the
 files), never computed by the code under test. No test touches the network: downloads go through
-a monkeypatched ``urllib.request.urlopen``.
+a monkeypatched ``urllib.request.urlopen``. The files made here cannot have the published md5
+sums, so loads of datasets with pinned sums pass ``verify=False`` (tests/test_data_resources.py
+tests the check itself).
 """
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -21,7 +24,7 @@ import torch
 
 import nodeopt.data as data
 from nodeopt.data import DataCorrupt, DataUnavailable
-from nodeopt.data import files, images, timeseries
+from nodeopt.data import files, images, registry, timeseries
 
 RNG = np.random.default_rng(1234)
 
@@ -57,7 +60,7 @@ def write_cifar(root: Path, n=4):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     truth = {}
-    for name in images.CIFAR10_BATCHES:
+    for name in (Path(r.path).name for r in images.CIFAR10):
         x = RNG.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         y = [int(v) for v in RNG.integers(0, 10, size=n)]
         with open(folder / name, "wb") as f:
@@ -98,7 +101,7 @@ def test_data_dir_prefers_argument_then_environment_then_home(tmp_path, monkeypa
 @pytest.mark.parametrize("compress", [True, False])
 def test_mnist_reads_idx_files_in_torchvision_layout(tmp_path, compress):
     truth = write_mnist(tmp_path, compress=compress)
-    ds = data.mnist(tmp_path, download=False, normalize=False)
+    ds = data.mnist(tmp_path, download=False, verify=False, normalize=False)
     assert ds.kind == "image" and ds.num_classes == 10 and ds.dim == 784
     assert ds.x_train.shape == (12, 1, 28, 28) and ds.x_test.shape == (5, 1, 28, 28)
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
@@ -110,7 +113,7 @@ def test_mnist_reads_idx_files_in_torchvision_layout(tmp_path, compress):
 
 def test_mnist_normalises_with_training_pixel_statistics(tmp_path):
     truth = write_mnist(tmp_path)
-    ds = data.mnist(tmp_path, download=False)
+    ds = data.mnist(tmp_path, download=False, verify=False)
     train, test = truth["train"][0] / 255.0, truth["t10k"][0] / 255.0
     mean, std = train.mean(), train.std()
     np.testing.assert_allclose(ds.x_test[:, 0].numpy(), (test - mean) / std, rtol=1e-5, atol=1e-5)
@@ -124,7 +127,7 @@ def test_mnist_truncated_gzip_names_the_file(tmp_path):
     bad = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     truncate(bad)
     with pytest.raises(DataCorrupt, match=r"train-images-idx3-ubyte\.gz is truncated or corrupt"):
-        data.mnist(tmp_path, download=False)
+        data.mnist(tmp_path, download=False, verify=False)
 
 
 def test_mnist_truncated_payload_and_bad_magic_name_the_file(tmp_path):
@@ -132,30 +135,30 @@ def test_mnist_truncated_payload_and_bad_magic_name_the_file(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     truncate(raw / "t10k-images-idx3-ubyte", keep=0.9)
     with pytest.raises(DataCorrupt, match=r"t10k-images-idx3-ubyte is truncated .*header promises"):
-        data.mnist(tmp_path, download=False)
+        data.mnist(tmp_path, download=False, verify=False)
     (raw / "t10k-images-idx3-ubyte").write_bytes(b"\x1f\x8b\x08\x00" + bytes(100))
     with pytest.raises(DataCorrupt, match="magic number 1f8b0800 is not an IDX uint8 header"):
-        data.mnist(tmp_path, download=False)
+        data.mnist(tmp_path, download=False, verify=False)
     (raw / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00")
     with pytest.raises(DataCorrupt, match="shorter than the 4-byte IDX magic"):
-        data.mnist(tmp_path, download=False)
+        data.mnist(tmp_path, download=False, verify=False)
     (raw / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00")
     with pytest.raises(DataCorrupt, match="header ends before its dimensions"):
-        data.mnist(tmp_path, download=False)
+        data.mnist(tmp_path, download=False, verify=False)
 
 
 def test_mnist_images_and_labels_of_different_lengths_are_corrupt(tmp_path):
     write_mnist(tmp_path)
     write_idx(tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.zeros(3, np.uint8))
     with pytest.raises(DataCorrupt, match=r"images of shape \(12, 28, 28\) do not match labels of shape \(3,\)"):
-        data.mnist(tmp_path, download=False)
+        data.mnist(tmp_path, download=False, verify=False)
 
 
 # ------------------------------------------------------------------------------- CIFAR-10
 
 def test_cifar10_reads_python_pickles(tmp_path):
     truth = write_cifar(tmp_path)
-    ds = data.cifar10(tmp_path, download=False, normalize=False)
+    ds = data.cifar10(tmp_path, download=False, verify=False, normalize=False)
     assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
     first, _ = truth["data_batch_1"]
     # a row is the red plane, then green, then blue, each 32x32 in row-major order
@@ -168,7 +171,7 @@ def test_cifar10_reads_python_pickles(tmp_path):
 
 def test_cifar10_normalises_each_channel_with_training_statistics(tmp_path):
     truth = write_cifar(tmp_path)
-    ds = data.cifar10(tmp_path, download=False)
+    ds = data.cifar10(tmp_path, download=False, verify=False)
     train = np.concatenate([truth[f"data_batch_{i}"][0] for i in range(1, 6)]).reshape(-1, 3, 1024) / 255.0
     np.testing.assert_allclose(ds.info["mean"], train.mean(axis=(0, 2)), rtol=1e-10)
     np.testing.assert_allclose(ds.info["std"], train.std(axis=(0, 2)), rtol=1e-10)
@@ -179,7 +182,7 @@ def test_cifar10_truncated_pickle_names_the_file(tmp_path):
     write_cifar(tmp_path)
     truncate(tmp_path / "cifar-10-batches-py" / "data_batch_3")
     with pytest.raises(DataCorrupt, match=r"data_batch_3 is truncated or corrupt: not a CIFAR batch pickle"):
-        data.cifar10(tmp_path, download=False)
+        data.cifar10(tmp_path, download=False, verify=False)
 
 
 def test_cifar10_wrong_row_width_is_corrupt(tmp_path):
@@ -187,7 +190,7 @@ def test_cifar10_wrong_row_width_is_corrupt(tmp_path):
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
     with pytest.raises(DataCorrupt, match=r"test_batch .*data of shape \(2, 100\) with 2 labels"):
-        data.cifar10(tmp_path, download=False)
+        data.cifar10(tmp_path, download=False, verify=False)
 
 
 def test_cifar10_batches_are_extracted_from_the_official_archive(tmp_path):
@@ -196,7 +199,7 @@ def test_cifar10_batches_are_extracted_from_the_official_archive(tmp_path):
     truth = write_cifar(tmp_path / "src")
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    ds = data.cifar10(tmp_path, download=False, normalize=False)
+    ds = data.cifar10(tmp_path, download=False, verify=False, normalize=False)
     assert (tmp_path / "cifar-10-batches-py" / "test_batch").is_file()
     assert ds.y_test.tolist() == truth["test_batch"][1]
 
@@ -205,7 +208,7 @@ def test_cifar10_batches_are_extracted_from_the_official_archive(tmp_path):
 
 def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
     truth = write_svhn(tmp_path)
-    ds = data.svhn(tmp_path, download=False, normalize=False)
+    ds = data.svhn(tmp_path, download=False, verify=False, normalize=False)
     x_test, y_test = truth["test_32x32.mat"]
     assert ds.x_train.shape == (10, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
     assert truth["train_32x32.mat"][1].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 10, 1]
@@ -219,9 +222,9 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
 def test_svhn_label_10_means_digit_0(tmp_path):
     io_ = pytest.importorskip("scipy.io")
     x = np.zeros((32, 32, 3, 3), np.uint8)
-    for name in images.SVHN_FILES:
+    for name in (r.path for r in images.SVHN):
         io_.savemat(tmp_path / name, {"X": x, "y": np.array([[10], [1], [9]], np.uint8)})
-    ds = data.svhn(tmp_path, download=False)
+    ds = data.svhn(tmp_path, download=False, verify=False)
     assert ds.y_train.tolist() == [0, 1, 9] and ds.y_test.tolist() == [0, 1, 9]
 
 
@@ -229,7 +232,7 @@ def test_svhn_truncated_mat_names_the_file(tmp_path):
     write_svhn(tmp_path)
     truncate(tmp_path / "test_32x32.mat")
     with pytest.raises(DataCorrupt, match=r"test_32x32\.mat is truncated or corrupt: not an SVHN \.mat file"):
-        data.svhn(tmp_path, download=False)
+        data.svhn(tmp_path, download=False, verify=False)
 
 
 def test_svhn_wrong_array_shape_is_corrupt(tmp_path):
@@ -237,7 +240,7 @@ def test_svhn_wrong_array_shape_is_corrupt(tmp_path):
     write_svhn(tmp_path)
     io_.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.ones((2, 1))})
     with pytest.raises(DataCorrupt, match=r"train_32x32\.mat .*expected \(32, 32, 3, N\)"):
-        data.svhn(tmp_path, download=False)
+        data.svhn(tmp_path, download=False, verify=False)
 
 
 # --------------------------------------------------------------------------------- digits
@@ -606,7 +609,9 @@ def test_download_checks_md5_and_writes_atomically(tmp_path, monkeypatch):
                 "train-labels-idx1-ubyte": idx_gz(np.array([1, 2, 3], np.uint8)),
                 "t10k-images-idx3-ubyte": idx_gz(np.zeros((2, 28, 28), np.uint8)),
                 "t10k-labels-idx1-ubyte": idx_gz(np.array([4, 5], np.uint8))}
-    monkeypatch.setattr(images, "MNIST_FILES", {k: hashlib.md5(v).hexdigest() for k, v in payloads.items()})
+    published = {stem: hashlib.md5(v).hexdigest() for stem, v in payloads.items()}
+    monkeypatch.setattr(images, "MNIST", tuple(dataclasses.replace(r, md5=published[Path(r.path).stem])
+                                               for r in images.MNIST))
     fetched = []
 
     def opener(url, timeout=None, **kw):
@@ -658,10 +663,10 @@ def test_maf_archive_members_are_extracted_in_ffjord_layout(tmp_path):
     np.save(tmp_path / "src" / "data" / "miniboone" / "data.npy", raw)
     with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "src" / "data", arcname="data")
-    ds = data.miniboone(tmp_path, download=False)
+    ds = data.miniboone(tmp_path, download=False, verify=False)
     assert (tmp_path / "miniboone" / "data.npy").is_file() and ds.dim == 3
     with pytest.raises(DataCorrupt, match=r"data\.tar\.gz is truncated or corrupt: members \['data/gas/eth"):
-        data.gas(tmp_path, download=False)
+        data.gas(tmp_path, download=False, verify=False)
 
 
 # ------------------------------------------------------------------------------ registry
@@ -676,14 +681,19 @@ def test_registry_lists_loads_and_reports_availability(tmp_path):
     assert not data.is_available("image", "mnist", tmp_path)
     write_mnist(tmp_path)
     assert data.is_available("image", "mnist", tmp_path)
-    ds = data.load("image", "mnist", data_dir=tmp_path, download=False, normalize=False)
+    ds = data.load("image", "mnist", data_dir=tmp_path, download=False, verify=False, normalize=False)
     assert ds.name == "mnist" and ds.sizes == {"train": 12, "test": 5}
     assert data.load("density", "moons", n_train=7, n_test=3).sizes == {"train": 7, "test": 3}
 
 
 def test_registry_offline_datasets_are_the_ones_the_messages_name():
     offline = {t: tuple(n for n, s in d.items() if s.offline) for t, d in data.DATASETS.items()}
-    assert offline == files.OFFLINE
+    assert offline == {"image": ("digits",), "timeseries": ("japanese-vowels",),
+                       "density": ("8gaussians", "moons", "checkerboard", "pinwheel", "2spirals", "rings",
+                                   "breast-cancer")}
+    hint = registry.offline_hint()
+    for task, names in offline.items():
+        assert f"{task}: {', '.join(names)}" in hint
 
 
 def test_unknown_names_list_the_valid_ones():
@@ -727,7 +737,7 @@ def test_archive_members_may_not_leave_the_data_directory(tmp_path):
         tar.add(tmp_path / "evil.txt", arcname="../evil.txt")
     (tmp_path / "root").mkdir()
     with pytest.raises(DataCorrupt, match=r"bad\.tar .*member '\.\./evil\.txt' would leave"):
-        files.extract_members(tmp_path / "bad.tar", tmp_path / "root", ["../evil.txt"])
+        files.extract_members(tmp_path / "bad.tar", tmp_path / "root", {"../evil.txt": "../evil.txt"})
 
 
 def test_progress_bar_only_on_a_terminal(monkeypatch):

@@ -16,12 +16,11 @@ from torch import nn
 
 from helpers.common import free_port
 from nodeopt import odeint
-from nodeopt.cli.run import build
+from nodeopt.cli.build import build
 from nodeopt.cli.train import add_arguments, resolve_settings
 from nodeopt.gradients import GRADIENTS
-from nodeopt.tasks import RunDir, Trainer
+from nodeopt.tasks import Budget, RunDir
 from nodeopt.tasks.distributed import World, wrap
-from nodeopt.tasks.loop import Budget
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
 
@@ -43,10 +42,8 @@ def _settings(optimizer, gradient, run_dir):
 def _train(optimizer, gradient, run_dir, world):
     """k iterations of the real loop; returns what must agree across ranks and with one process."""
     s = _settings(optimizer, gradient, run_dir)
-    task, model, optimizers, precond, t1_opt, schedulers = build(s, world)
-    trainer = Trainer(task, model, optimizers, RunDir(run_dir), batch_size=s["batch_size"], seed=s["seed"],
-                      precond=precond, t1_optimizer=t1_opt, schedulers=schedulers, eval_every=s["eval_every"],
-                      checkpoint_every=100, world=world)
+    trainer = build({**s, "checkpoint_every": 100}, world)
+    model, precond, t1_opt = trainer.model, trainer.precond, trainer.t1_optimizer
     trainer.fit(Budget(ITERATIONS))
     return dict(params={k: v.clone() for k, v in model.state_dict().items()},
                 snopt=precond.state_dict() if precond is not None else None,

@@ -11,7 +11,6 @@ import pytest
 from nodeopt.cli import main
 from nodeopt.cli import train as train_cli
 from nodeopt.cli.recipes import RECIPES, settings_of
-from nodeopt.cli.reproduce import command
 
 # The SNOpt code's scripts (scripts/run_img_clf.sh, run_time_series.sh, run_cnf.sh), transcribed
 # by hand: per recipe, the settings shared by its runs, then each run's own.

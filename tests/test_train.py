@@ -70,7 +70,7 @@ def test_run_directory_holds_config_metrics_checkpoint_and_plots(tmp_path):
     wall_s = [float(r["wall_seconds"]) for r in rows]
     assert train_s == sorted(train_s) and all(t <= w for t, w in zip(train_s, wall_s))
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert {"model", "optimizers", "precond", "progress", "rng_cpu"} <= set(state)
+    assert {"model", "optimizers", "precond", "progress", "rng_cpu_ranks"} <= set(state)
     assert state["progress"]["iteration"] == 4
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

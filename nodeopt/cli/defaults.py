@@ -6,6 +6,9 @@ Resolution order for every setting: the flag, else the dataset's entry, else the
 
 from __future__ import annotations
 
+#: Passes over the training set when neither ``--epochs`` nor ``--iterations`` is given (nor a dataset default).
+DEFAULT_EPOCHS = 10
+
 COMMON = dict(gradient="symplectic", method="dopri5", rtol=1e-3, atol=1e-3, seed=0, eval_every=10,
               checkpoint_every=100, weight_decay=0.0, gamma=0.1, t1=1.0, t1_lr=0.1, t1_reg=1e-3,
               t1_update_freq=50, snopt_eps=0.05, snopt_freq=100, snopt_step_size=0.01, train_fraction=1.0,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
+
+from ..tasks import RunDir, plots
 
 
 def main(argv=None) -> int:
@@ -15,13 +15,11 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+", default=None, help="one label per run (default: folder names)")
     args = parser.parse_args(argv)
     for run in args.runs:
-        if not (Path(run) / "metrics.csv").is_file():
-            parser.error(f"argument RUN_DIR: {run} has no metrics.csv (is it a nodeopt run directory?)")
+        if not RunDir(run).file(RunDir.METRICS).is_file():
+            parser.error(f"argument RUN_DIR: {run} has no {RunDir.METRICS} (is it a nodeopt run directory?)")
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"argument --labels: {len(args.labels)} labels for {len(args.runs)} runs")
-    from ..tasks import plots
-    summary = Path(args.runs[0]) / "summary.json"
-    metric = json.loads(summary.read_text()).get("metric_name", "metric") if summary.is_file() else "metric"
+    metric = (RunDir(args.runs[0]).read_summary() or {}).get("metric_name", "metric")
     try:
         out = plots.plot_curves(args.runs, args.out, labels=args.labels, metric_name=metric)
     except ImportError as err:

@@ -10,8 +10,11 @@ original solves with ``odeint_adjoint``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
+
+from ..gradients import GRADIENTS
+from .defaults import DATASET
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,19 @@ class Recipe:
     target: Optional[float] = None
     departures: tuple = ()
     offline: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def _runs(**runs) -> tuple:
     return tuple(Run(name, flags) for name, flags in runs.items())
+
+
+def _model(dataset: str) -> dict:
+    """The FFJORD model and batch of a tabular dataset, as ``nodeopt train`` defaults them."""
+    return {k: DATASET[dataset][k] for k in ("hidden", "blocks", "activation", "batch_size")}
+
+
+# The five fixed gradient methods (``exact`` chooses among them, so the comparisons leave it out).
+GRADIENT_METHODS = tuple(name for name in GRADIENTS if name != "exact")
 
 
 PAPER = dict(method="dopri5", rtol=1e-3, atol=1e-3, seed=0, eval_every=10, gradient="adjoint")
@@ -107,15 +118,13 @@ RECIPES = {r.name: r for r in (
                             snopt_step_size=1.0)),
            target=0.95, departures=COMMON_DEPARTURES + SERIES),
     Recipe("miniboone", "density", "miniboone", "FFJORD on MINIBOONE",
-           dict(PAPER, hidden=[860, 860], blocks=1, activation="softplus", batch_size=128, rtol=1e-6, atol=1e-8,
-                eval_every=200, divergence="rademacher"),
+           dict(PAPER, **_model("miniboone"), rtol=1e-6, atol=1e-8, eval_every=200, divergence="rademacher"),
            _runs(adam=dict(optimizer="adam", lr=3e-3, epochs=20),
                  sgd=dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=25),
                  snopt=dict(optimizer="snopt", lr=5e-3, momentum=0.9, snopt_eps=0.1, snopt_freq=250, epochs=10)),
            target=12.0, departures=COMMON_DEPARTURES + CNF),
     Recipe("gas", "density", "gas", "FFJORD on GAS (10 % of the data)",
-           dict(PAPER, hidden=[160, 160, 160], blocks=5, activation="tanh", batch_size=1000, seminorm=True,
-                train_fraction=0.1, eval_every=500, divergence="rademacher"),
+           dict(PAPER, **_model("gas"), seminorm=True, train_fraction=0.1, eval_every=500, divergence="rademacher"),
            _runs(adam=dict(optimizer="adam", lr=2e-3, epochs=30),
                  sgd=dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=30),
                  snopt=dict(optimizer="snopt", lr=0.01, momentum=0.9, snopt_eps=0.05, snopt_freq=250, epochs=20)),
@@ -123,17 +132,11 @@ RECIPES = {r.name: r for r in (
                "only the training set is subsampled (the original also subsampled validation and test)",)),
 )}
 
-GRADIENT_METHODS = ("backprop", "adjoint", "onecheckpoint", "checkpoint", "symplectic")
-TABULAR = {"miniboone": dict(hidden=[860, 860], blocks=1, activation="softplus", batch_size=128),
-           "gas": dict(hidden=[160, 160, 160], blocks=5, activation="tanh", batch_size=1000),
-           "power": dict(hidden=[64, 64, 64], blocks=5, activation="tanh", batch_size=1000),
-           "hepmass": dict(hidden=[210, 210], blocks=10, activation="softplus", batch_size=1000),
-           "bsds300": dict(hidden=[630, 630], blocks=2, activation="softplus", batch_size=1000)}
-for _name, _model in TABULAR.items():
+for _name in ("miniboone", "gas", "power", "hepmass", "bsds300"):
     RECIPES[f"cnf-gradients-{_name}"] = Recipe(
         f"cnf-gradients-{_name}", "density", _name,
         f"the five gradient methods on FFJORD/{_name} (symplectic-adjoint paper): NLL, peak memory, time, NFE",
-        dict(_model, method="dopri5", rtol=1e-8, atol=1e-8, optimizer="adam", lr=1e-3, iterations=1000,
+        dict(_model(_name), method="dopri5", rtol=1e-8, atol=1e-8, optimizer="adam", lr=1e-3, iterations=1000,
              eval_every=1000, divergence="rademacher", seed=0),
         _runs(**{g: dict(gradient=g) for g in GRADIENT_METHODS}),
         departures=("a fixed number of iterations on the FFJORD model of the SNOpt recipes; the "

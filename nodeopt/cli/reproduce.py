@@ -11,8 +11,6 @@ the process (resident set on the CPU, device memory on CUDA).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
 import shlex
@@ -23,6 +21,9 @@ from pathlib import Path
 from typing import Optional
 
 from .. import data
+from ..tasks import RunDir, read_metrics
+from ..tasks.rundir import write_csv
+from .defaults import DEFAULT_EPOCHS
 from .recipes import RECIPES, Recipe, settings_of
 
 FLAG_ONLY = ("seminorm",)  # store_true flags
@@ -52,7 +53,7 @@ def scaled(settings: dict, scale: float, n_train: Optional[int]) -> dict:
     else:
         rows = int((n_train or 0) * s.get("train_fraction", 1.0))
         per_epoch = max(1, rows // s["batch_size"])
-        s["iterations"] = max(1, math.ceil(scale * s.pop("epochs", 10) * per_epoch))
+        s["iterations"] = max(1, math.ceil(scale * s.pop("epochs", DEFAULT_EPOCHS) * per_epoch))
     s["eval_every"] = min(s.get("eval_every", 10), s["iterations"])
     return s
 
@@ -152,12 +153,10 @@ def _run(argv: list[str]) -> tuple[int, float]:
 
 
 def _per_seed(recipe: Recipe, r: dict, adam_final: Optional[float]) -> dict:
-    from ..tasks import read_metrics
     folder = Path(r["folder"])
-    summary_path = folder / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = RunDir(folder).read_summary() or {}
     rows = read_metrics(folder)
-    higher = summary.get("metric_name", "accuracy") != "test NLL (nats)"
+    higher = summary.get("higher_is_better", True)
 
     def first(target):
         if target is None:
@@ -224,11 +223,5 @@ def markdown(recipe: Recipe, table: list[dict]) -> str:
 
 
 def _write_table(parent: Path, table: list[dict], results: list[dict]) -> None:
-    from ..tasks.rundir import atomic_write_bytes
     for name, rows in (("results.csv", table), ("results_per_seed.csv", results)):
-        import io
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(parent / name, buffer.getvalue().encode())
+        write_csv(parent / name, rows[0], rows)

@@ -1,4 +1,11 @@
-"""``nodeopt train``: train one model on one dataset and write its run directory."""
+"""``nodeopt train``: train one model on one dataset and write its run directory.
+
+The command in one trip down: the flags (:func:`add_arguments`) → every setting resolved
+(:func:`resolve_settings`, defaults from :mod:`nodeopt.cli.defaults`) → the library's objects
+(:func:`nodeopt.cli.build.build`) → the steps of a run in :mod:`nodeopt.tasks` (resume, fit,
+summary). Library errors name the library's arguments; :func:`~nodeopt.cli.build.as_flags` puts
+them in the flags' words.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,20 @@ import datetime
 import logging
 import math
 import os
-import platform
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from .. import data
-from ..gradients.base import GRADIENTS
-from ..tasks import distributed
-from ..tasks.distributed import World
+from ..gradients import GRADIENTS
 from ..solvers.methods import METHODS
-from . import defaults
+from ..tasks import Budget, CheckpointError, RunDir, distributed, first_problem, summarize, versions
+from ..tasks import resume as resume_from_checkpoint
+from ..tasks.distributed import World
+from . import defaults, report
+from .build import as_flags, build
 
 logger = logging.getLogger("nodeopt.train")
 
@@ -108,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-budget", type=POSITIVE, default=None, help="stop after this many training seconds")
     g.add_argument("--batch-size", type=COUNT, default=None, help="examples per iteration")
     g.add_argument("--eval-every", type=COUNT, default=None, help="evaluate the test metric every N iterations")
-    g.add_argument("--checkpoint-every", type=COUNT, default=None, help="write checkpoint.pt every N iterations")
+    g.add_argument("--checkpoint-every", type=COUNT, default=None, help=f"write {RunDir.CHECKPOINT} every N iterations")
     g.add_argument("--seed", type=int, default=None, help="seed of the initialisation and the batch order")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="where to train (default: cuda when available)")
@@ -155,7 +163,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     s["download"] = not given.get("no_download")
     s["device"] = _device(s["device"], parser)
     if s["iterations"] is None and s["epochs"] is None:
-        s["epochs"] = 10
+        s["epochs"] = defaults.DEFAULT_EPOCHS
     return s
 
 
@@ -165,40 +173,6 @@ def _device(name, parser) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda was asked for, but torch sees no CUDA device; use --device cpu")
     return name
-
-
-def block_options(s: dict) -> dict:
-    from ..gradients import Adjoint
-    gradient = Adjoint(options={"norm": "seminorm"}) if s.get("seminorm") else s["gradient"]
-    from ..solvers.methods import get_method
-    adaptive = get_method(s["method"]).adaptive  # fixed-step methods take no step limit
-    return dict(rtol=s["rtol"], atol=s["atol"], method=s["method"], gradient=gradient, t1=s["t1"],
-                options={"max_num_steps": s["max_steps"]} if adaptive else None)
-
-
-def model_options(s: dict) -> dict:
-    if s["task"] == "image":
-        return dict(width=s["width"])
-    if s["task"] == "timeseries":
-        return dict(hidden=s["hidden"], field_width=s["field_width"], field_layers=s["field_layers"])
-    return dict(hidden=list(s["hidden"]), blocks=s["blocks"], activation=s["activation"],
-                divergence=s["divergence"])
-
-
-def versions() -> dict:
-    import numpy
-
-    from .. import __version__
-    out = dict(nodeopt=__version__, torch=torch.__version__, numpy=numpy.__version__,
-               python=platform.python_version(), platform=platform.platform())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0:
-            out["git_commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
 
 
 def default_run_dir(s: dict, world: World = World()) -> str:
@@ -215,8 +189,8 @@ def default_run_dir(s: dict, world: World = World()) -> str:
 
 
 def main(argv=None, prog: str = "nodeopt train") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Train a neural ODE on one dataset and write its run "
-                                     "directory (config.json, metrics.csv, checkpoint.pt, plots).")
+    parser = argparse.ArgumentParser(prog=prog, description=f"Train a neural ODE on one dataset and write its run "
+                                     f"directory ({RunDir.CONFIG}, {RunDir.METRICS}, {RunDir.CHECKPOINT}, plots).")
     add_arguments(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -260,24 +234,23 @@ def _main(args, parser, world: World) -> int:
                 print(f"{task:11s} {name:16s} {where}")
         return 0
     timeout = args.dist_timeout or distributed.DEFAULT_TIMEOUT
-    if args.resume:
-        settings = _resumed_settings(args, parser)
-    else:
-        settings = resolve_settings(args, parser)
-        if world.launched():  # the run directory's default name is agreed on with the other ranks
-            distributed.start(world, settings["device"], timeout)
+    settings = _resumed_settings(args, parser) if args.resume else resolve_settings(args, parser)
+    try:
+        device = distributed.start(world, settings["device"], timeout) if world.launched() else None
+    except ValueError as err:  # more processes than devices
+        parser.error(as_flags(str(err), settings))
+    if not args.resume:
         if settings["run_dir"] is None and world.max_restarts and world.run_id == "none":
             parser.error("argument --run-dir: torchrun may restart this run (--max-restarts), and without --run-dir "
                          "or --rdzv-id the restarted processes could not find its checkpoint; give --run-dir")
         settings["run_dir"] = settings["run_dir"] or default_run_dir(settings, world)
-        if world.restart and world.broadcast((Path(settings["run_dir"]) / "checkpoint.pt").exists()):
+        if world.restart and world.broadcast(RunDir(settings["run_dir"]).file(RunDir.CHECKPOINT).exists()):
             logger.info("restart %d of this run: resuming from %s", world.restart, settings["run_dir"])
             args.resume = settings["run_dir"]
             settings = _resumed_settings(args, parser)
-    from .run import run_training
     try:
         code = run_training(settings, resume=bool(args.resume), progress=not args.quiet, plots=not args.no_plots,
-                            world=world, timeout=timeout)
+                            world=world, device=device, timeout=timeout)
     finally:
         distributed.stop()
     if world.distributed:
@@ -292,9 +265,87 @@ def _main(args, parser, world: World) -> int:
     return code
 
 
+def run_training(s: dict, resume: bool = False, progress: bool = True, plots: bool = True, world: World = World(),
+                 device=None, timeout: float = distributed.DEFAULT_TIMEOUT) -> int:
+    """Train with resolved settings ``s``; returns the process exit code.
+
+    Under torchrun (``world`` of several processes, its group started) every rank calls this; a
+    problem found before training on any rank stops every rank with the same exit code, and rank 0
+    reports it.
+    """
+    run = RunDir(s["run_dir"])
+    problem = ""
+    if world.main and not resume and not world.restart and run.file(RunDir.METRICS).exists():
+        problem = (f"{run.path} already holds a run; continue it with --resume {run.path}, or choose another "
+                   f"--run-dir")
+    problem = first_problem(world, problem)
+    if problem:
+        return _report(world, problem, 2)
+    trainer = None
+    try:
+        trainer = build(s, world, device)
+    except (data.DataUnavailable, data.DataCorrupt, ImportError, ValueError) as err:
+        problem = as_flags(str(err), s)
+    problem = first_problem(world, problem)
+    if problem:
+        return _report(world, problem, 2)
+    iterations = s["iterations"] or s["epochs"] * trainer.batches_per_epoch
+    if resume:
+        problem = resume_from_checkpoint(trainer)
+        if not problem and trainer.progress.iteration >= iterations:
+            problem = (f"the run in {run.path} already has {trainer.progress.iteration} iterations; give a larger "
+                       f"--iterations or --epochs to train further")
+        if problem:
+            return _report(world, problem, 2)
+    task, model = trainer.task, trainer.model
+    config = dict(settings=s, resolved_iterations=iterations, batches_per_epoch=trainer.batches_per_epoch,
+                  data=task.describe(), parameters=sum(p.numel() for p in model.parameters()),
+                  processes=world.size, versions=versions(), command=sys.argv)
+    shown = None
+    if world.main:
+        run.write_config(config)
+        shown = report.progress(progress, iterations, trainer.progress.iteration)
+        trainer.on_iteration = shown.update
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit(Budget(iterations, s["time_budget"]))
+    except RuntimeError as err:  # the solver gave up (a blown-up field, too many steps), or another rank did
+        if shown is not None:
+            shown.close()
+        first, lost = as_flags(str(err).splitlines()[0], s), distributed.is_lost_contact(err)
+        if lost:
+            first = (f"lost contact with the other processes (one of them failed, was killed, or did not answer "
+                     f"within --dist-timeout {timeout:g} s): {first}")
+        trainer.progress.stopped = "lost contact" if lost else "solver failure"
+        if world.main:
+            run.write_summary(summarize(trainer, optimizer=s["optimizer"], gradient=s["gradient"], error=first))
+        print(f"{_who(world)}: training stopped at iteration {trainer.progress.iteration}: {first}", file=sys.stderr)
+        return 1
+    if shown is not None:
+        shown.close()
+    if world.main:
+        summary = summarize(trainer, optimizer=s["optimizer"], gradient=s["gradient"])
+        run.write_summary(summary)
+        if plots:
+            report.plots(run, task, model)
+        report.print_summary(summary, time.perf_counter() - t0)
+    world.barrier()  # leave the group together (a rank gone early would tear down the others' connections)
+    return 0 if result.stopped != "diverged" else 1
+
+
+def _report(world: World, problem: str, code: int) -> int:
+    """Every rank stops here together: rank 0 prints the problem."""
+    if world.main:
+        print(f"nodeopt train: {problem}", file=sys.stderr)
+    world.barrier()  # leave the group together (a rank gone early would tear down the others' connections)
+    return code
+
+
+def _who(world: World) -> str:
+    return f"nodeopt train (rank {world.rank} of {world.size})" if world.distributed else "nodeopt train"
+
 
 def _resumed_settings(args, parser) -> dict:
-    from ..tasks import CheckpointError, RunDir
     try:
         config = RunDir(args.resume).read_config()
     except CheckpointError as err:

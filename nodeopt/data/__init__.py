@@ -2,9 +2,11 @@
 
 Every dataset function returns a :class:`Dataset` (float32 features, int64 labels, metadata).
 Files are read under :func:`data_dir` in the layout of their own ecosystem (torchvision's for
-MNIST, CIFAR-10 and SVHN; aeon's for the UEA archive; FFJORD's for the MAF bundle). Missing
-files are downloaded with a checksum when ``download=True``; otherwise, or without a network,
-:class:`DataUnavailable` names the file and the offline datasets. Optional packages
+MNIST, CIFAR-10 and SVHN; aeon's for the UEA archive; FFJORD's for the MAF bundle), each
+dataset's files described once (:mod:`nodeopt.data.resources`). Missing files are downloaded
+with a checksum when ``download=True``; otherwise, or without a network,
+:class:`DataUnavailable` names the file and the offline datasets. Files on disk are checked
+against their published md5 on first use (``verify=False`` skips it). Optional packages
 (scikit-learn, scipy, aeon, h5py, pandas, tqdm) are imported only by the datasets that need them.
 """
 

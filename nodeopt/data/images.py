@@ -5,6 +5,11 @@ The files are parsed directly (no torchvision). Pixels are scaled to [0, 1] and,
 ``normalize=True`` (the default), standardised per channel with the mean and std of the
 *training* pixels; the statistics are returned in ``info["mean"]``/``info["std"]``. For the
 official MNIST training set these are the familiar 0.1307 and 0.3081.
+
+Each dataset's files are one tuple of :class:`~nodeopt.data.resources.Resource` below
+(``MNIST``, ``CIFAR10``, ``SVHN``) with torchvision's md5 sums; the registry reads the same
+tuples. ``download=True`` fetches what is missing; ``verify=True`` checks each file's md5 on
+first use and ``verify=False`` skips that check (for files made by hand).
 """
 
 from __future__ import annotations
@@ -19,25 +24,43 @@ from typing import Optional
 import numpy as np
 
 from .dataset import Dataset, features, labels
-from .files import PathLike, corrupt, extract_members, optional, require, unavailable
+from .files import PathLike, corrupt, optional
 from .files import data_dir as resolve_dir
+from .resources import Resource, ensure
 
 logger = logging.getLogger(__name__)
 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
-#: md5 of the official gzipped IDX files (as torchvision checks them).
-MNIST_FILES = {
-    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR10_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def _mnist(stem: str, md5: str) -> Resource:
+    """The gzipped IDX file, or torchvision's decompressed copy of it next to it."""
+    return Resource(f"MNIST/raw/{stem}.gz", md5, tuple(f"{m}{stem}.gz" for m in MNIST_MIRRORS),
+                    alternatives=(f"MNIST/raw/{stem}",))
+
+
+#: MNIST's files: train images, train labels, test images, test labels. md5 of the gzipped
+#: IDX files as torchvision pins them (pytorch/vision, torchvision/datasets/mnist.py).
+MNIST = (_mnist("train-images-idx3-ubyte", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+         _mnist("train-labels-idx1-ubyte", "d53e105ee54ea40749a09fcbcd1e9432"),
+         _mnist("t10k-images-idx3-ubyte", "9fb629c4189551a2d022fa330f9573f3"),
+         _mnist("t10k-labels-idx1-ubyte", "ec29112dd5afa0611ce80d1b7f02629c"))
+#: The CIFAR-10 archive and its six batches (five train, one test). md5 of the archive and of
+#: each batch as torchvision pins them (pytorch/vision, torchvision/datasets/cifar.py).
+CIFAR10_ARCHIVE = Resource("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                           ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",))
+CIFAR10 = tuple(Resource(f"cifar-10-batches-py/{name}", md5, archive=CIFAR10_ARCHIVE,
+                         member=f"cifar-10-batches-py/{name}")
+                for name, md5 in (("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                                  ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                                  ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                                  ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                                  ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+                                  ("test_batch", "40351d587109b95175f43aff81a1287e")))
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
-SVHN_FILES = {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
-              "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"}
+#: SVHN's train and test files; md5 as torchvision pins them (torchvision/datasets/svhn.py).
+SVHN = (Resource("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373", (SVHN_URL + "train_32x32.mat",)),
+        Resource("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3", (SVHN_URL + "test_32x32.mat",)))
 _IDX_DTYPES = {0x08: np.uint8}
 
 
@@ -72,17 +95,8 @@ def read_idx(path: PathLike) -> np.ndarray:
     return payload.reshape(dims)
 
 
-def _mnist_file(root: Path, stem: str, download: bool) -> Path:
-    """``<root>/MNIST/raw/<stem>`` if extracted, else its ``.gz`` (downloaded if allowed)."""
-    raw = root / "MNIST" / "raw"
-    if (raw / stem).is_file():
-        return raw / stem
-    gz = raw / f"{stem}.gz"
-    return require(gz, [m + gz.name for m in MNIST_MIRRORS], MNIST_FILES[stem], dataset="mnist",
-                   download=download)
-
-
-def mnist(data_dir: Optional[PathLike] = None, *, download: bool = True, normalize: bool = True) -> Dataset:
+def mnist(data_dir: Optional[PathLike] = None, *, download: bool = True, normalize: bool = True,
+          verify: bool = True) -> Dataset:
     """MNIST handwritten digits, 60000 train / 10000 test, x: (N, 1, 28, 28).
 
     Files (torchvision's layout): ``<data_dir>/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz]`` and
@@ -90,17 +104,13 @@ def mnist(data_dir: Optional[PathLike] = None, *, download: bool = True, normali
     Preprocessing: pixels / 255, then per-channel standardisation with the training pixels'
     mean and std when ``normalize``.
     """
-    root = resolve_dir(data_dir)
-    paths = {stem: _mnist_file(root, stem, download) for stem in MNIST_FILES}
-    arrays = {stem: read_idx(p) for stem, p in paths.items()}
-    for split in ("train", "t10k"):
-        x, y = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+    paths = ensure(MNIST, resolve_dir(data_dir), dataset="mnist", download=download, verify=verify)
+    x_train, y_train, x_test, y_test = (read_idx(p) for p in paths)
+    for x, y, path in ((x_train, y_train, paths[0]), (x_test, y_test, paths[2])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise corrupt(paths[f"{split}-images-idx3-ubyte"],
-                          f"images of shape {x.shape} do not match labels of shape {y.shape}")
-    return _image_dataset("mnist", arrays["train-images-idx3-ubyte"][:, None],
-                          arrays["train-labels-idx1-ubyte"], arrays["t10k-images-idx3-ubyte"][:, None],
-                          arrays["t10k-labels-idx1-ubyte"], sorted(map(str, paths.values())), normalize)
+            raise corrupt(path, f"images of shape {x.shape} do not match labels of shape {y.shape}")
+    return _image_dataset("mnist", x_train[:, None], y_train, x_test[:, None], y_test,
+                          sorted(map(str, paths)), normalize)
 
 
 # -------------------------------------------------------------------------------- CIFAR-10
@@ -119,21 +129,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), target
 
 
-def _cifar_files(root: Path, download: bool) -> list[Path]:
-    folder = root / "cifar-10-batches-py"
-    paths = [folder / b for b in CIFAR10_BATCHES]
-    missing = [p for p in paths if not p.is_file()]
-    if not missing:
-        return paths
-    archive = root / "cifar-10-python.tar.gz"
-    if not archive.is_file() and not download:
-        raise unavailable("cifar10", missing[0], [CIFAR10_URL], "download=False was given")
-    require(archive, [CIFAR10_URL], CIFAR10_MD5, dataset="cifar10", download=download)
-    extract_members(archive, root, [f"cifar-10-batches-py/{p.name}" for p in missing])
-    return paths
-
-
-def cifar10(data_dir: Optional[PathLike] = None, *, download: bool = True, normalize: bool = True) -> Dataset:
+def cifar10(data_dir: Optional[PathLike] = None, *, download: bool = True, normalize: bool = True,
+            verify: bool = True) -> Dataset:
     """CIFAR-10, 50000 train / 10000 test, x: (N, 3, 32, 32), 10 classes.
 
     Files (torchvision's layout): ``<data_dir>/cifar-10-batches-py/data_batch_1..5`` and
@@ -141,8 +138,7 @@ def cifar10(data_dir: Optional[PathLike] = None, *, download: bool = True, norma
     (downloaded and md5-checked if needed). Preprocessing: pixels / 255, then per-channel
     standardisation with the training pixels' mean and std when ``normalize``.
     """
-    root = resolve_dir(data_dir)
-    paths = _cifar_files(root, download)
+    paths = ensure(CIFAR10, resolve_dir(data_dir), dataset="cifar10", download=download, verify=verify)
     batches = [_read_cifar_batch(p) for p in paths]
     x_train = np.concatenate([b[0] for b in batches[:-1]])
     y_train = np.concatenate([b[1] for b in batches[:-1]])
@@ -165,7 +161,8 @@ def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.transpose(x, (3, 2, 0, 1)), y
 
 
-def svhn(data_dir: Optional[PathLike] = None, *, download: bool = True, normalize: bool = True) -> Dataset:
+def svhn(data_dir: Optional[PathLike] = None, *, download: bool = True, normalize: bool = True,
+         verify: bool = True) -> Dataset:
     """SVHN cropped digits, 73257 train / 26032 test (the real test split), x: (N, 3, 32, 32).
 
     Files (torchvision's layout): ``<data_dir>/train_32x32.mat`` and ``test_32x32.mat``, read
@@ -173,9 +170,7 @@ def svhn(data_dir: Optional[PathLike] = None, *, download: bool = True, normaliz
     255, then per-channel standardisation with the training pixels' mean and std when
     ``normalize``.
     """
-    root = resolve_dir(data_dir)
-    paths = [require(root / name, [SVHN_URL + name], md5, dataset="svhn", download=download)
-             for name, md5 in SVHN_FILES.items()]
+    paths = ensure(SVHN, resolve_dir(data_dir), dataset="svhn", download=download, verify=verify)
     (x_train, y_train), (x_test, y_test) = (_read_svhn(p) for p in paths)
     return _image_dataset("svhn", x_train, y_train, x_test, y_test, [str(p) for p in paths], normalize)
 

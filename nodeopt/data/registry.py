@@ -1,79 +1,70 @@
 """One registry of every dataset, by task, so that a command line can list and load them.
 
 ``load("image", "mnist", data_dir=..., download=False)`` calls :func:`nodeopt.data.mnist`;
-offline datasets (generated, or shipped with scikit-learn or aeon) ignore ``data_dir`` and
-``download``. Extra keyword arguments go to the dataset function (``seed=``, ``normalize=``,
-``n_train=``, ...), which rejects unknown ones.
+offline datasets (generated, or shipped with scikit-learn or aeon) ignore ``data_dir``,
+``download`` and ``verify``. Extra keyword arguments go to the dataset function (``seed=``,
+``normalize=``, ``n_train=``, ...), which rejects unknown ones.
+
+A file-based :class:`Spec` holds the dataset's :class:`~nodeopt.data.resources.Resource` tuple,
+the same object its dataset function passes to :func:`~nodeopt.data.resources.ensure`; so
+:func:`is_available` checks exactly the files that loading reads or fetches.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 from . import images, tabular, timeseries, toys
 from .dataset import Dataset
+from . import files
 from .files import PathLike
 from .files import data_dir as resolve_dir
+from .resources import Resource, on_disk
 
 
 @dataclass(frozen=True)
 class Spec:
-    """A registered dataset: its loader and, for file-based ones, how to tell it is on disk."""
+    """A registered dataset: its loader and, for file-based ones, the files it needs."""
 
     task: str
     name: str
     loader: Callable[..., Dataset]
-    on_disk: Optional[Callable[[Path], bool]] = None
+    resources: tuple[Resource, ...] = ()
 
     @property
     def offline(self) -> bool:
         """True for datasets that need no file of the data directory."""
-        return self.on_disk is None
-
-
-def _all_files(*paths: str) -> Callable[[Path], bool]:
-    return lambda root: all((root / p).is_file() for p in paths)
-
-
-def _mnist_on_disk(root: Path) -> bool:
-    raw = root / "MNIST" / "raw"
-    return all((raw / s).is_file() or (raw / f"{s}.gz").is_file() for s in images.MNIST_FILES)
-
-
-def _cifar_on_disk(root: Path) -> bool:
-    batches = _all_files(*(f"cifar-10-batches-py/{b}" for b in images.CIFAR10_BATCHES))
-    return batches(root) or (root / "cifar-10-python.tar.gz").is_file()
-
-
-def _uea_on_disk(archive: str) -> Callable[[Path], bool]:
-    return lambda root: all(p.is_file() for p in timeseries.uea_paths(root, archive))
-
-
-def _maf_on_disk(name: str) -> Callable[[Path], bool]:
-    files = _all_files(*tabular.MAF_FILES[name])
-    return lambda root: files(root) or (root / tabular.MAF_ARCHIVE).is_file()
+        return not self.resources
 
 
 def _specs() -> dict[str, dict[str, Spec]]:
-    image = [Spec("image", "digits", images.digits), Spec("image", "mnist", images.mnist, _mnist_on_disk),
-             Spec("image", "cifar10", images.cifar10, _cifar_on_disk),
-             Spec("image", "svhn", images.svhn, _all_files(*images.SVHN_FILES))]
+    image = [Spec("image", "digits", images.digits), Spec("image", "mnist", images.mnist, images.MNIST),
+             Spec("image", "cifar10", images.cifar10, images.CIFAR10),
+             Spec("image", "svhn", images.svhn, images.SVHN)]
     series = [Spec("timeseries", "japanese-vowels", timeseries.japanese_vowels)]
-    series += [Spec("timeseries", name, fn, _uea_on_disk(timeseries.UEA[name][0]))
+    series += [Spec("timeseries", name, fn, timeseries.UEA_RESOURCES[name])
                for name, fn in (("char-traj", timeseries.char_traj), ("art-wr", timeseries.art_wr),
                                 ("spo-ad", timeseries.spo_ad))]
     density = [Spec("density", name, functools.partial(toys.toy, name)) for name in toys.TOYS]
     density.append(Spec("density", "breast-cancer", tabular.breast_cancer))
-    density += [Spec("density", name, getattr(tabular, name), _maf_on_disk(name)) for name in tabular.MAF_FILES]
+    density += [Spec("density", name, getattr(tabular, name), resources) for name, resources in tabular.MAF.items()]
     return {task: {s.name: s for s in specs}
             for task, specs in (("image", image), ("timeseries", series), ("density", density))}
 
 
 #: task -> name -> :class:`Spec`, in listing order (offline defaults first).
 DATASETS: dict[str, dict[str, Spec]] = _specs()
+
+
+def offline_hint() -> str:
+    """One sentence listing, by task, the registered datasets that work without a network."""
+    parts = [f"{task}: {', '.join(n for n, s in specs.items() if s.offline)}" for task, specs in DATASETS.items()]
+    return "Offline datasets that need no download: " + "; ".join(parts) + "."
+
+
+files.OFFLINE_HINT = offline_hint()  # what every DataUnavailable message ends with
 
 
 def spec(task: str, name: str) -> Spec:
@@ -95,21 +86,27 @@ def names(task: Optional[str] = None) -> tuple[str, ...]:
 
 
 def is_available(task: str, name: str, data_dir: Optional[PathLike] = None) -> bool:
-    """Whether ``load(task, name, data_dir, download=False)`` can find its files (always True
-    for offline datasets; it does not check that optional packages are installed)."""
+    """Whether ``load(task, name, data_dir, download=False)`` finds its files (always True for
+    offline datasets). Only looks at which files exist, from the dataset's ``Spec.resources``:
+    it neither hashes them nor checks that optional packages are installed."""
     s = spec(task, name)
-    return s.offline or s.on_disk(resolve_dir(data_dir))
+    return s.offline or on_disk(s.resources, resolve_dir(data_dir))
 
 
-def load(task: str, name: str, data_dir: Optional[PathLike] = None, download: bool = True, **kwargs) -> Dataset:
+def load(task: str, name: str, data_dir: Optional[PathLike] = None, download: bool = True, verify: bool = True,
+         **kwargs) -> Dataset:
     """Load dataset ``name`` of ``task`` (``"image"``, ``"timeseries"`` or ``"density"``).
+
+    ``download`` fetches missing files; ``verify`` checks files on disk against their published
+    md5 on first use (``verify=False`` for files made by hand). Both, and ``data_dir``, are
+    ignored by offline datasets.
 
     Raises:
         ValueError: unknown task or name (the message lists the valid ones).
         DataUnavailable: a file is missing and cannot be downloaded.
-        DataCorrupt: a file is truncated or malformed.
+        DataCorrupt: a file is truncated, malformed or fails its md5.
     """
     s = spec(task, name)
     if s.offline:
         return s.loader(**kwargs)
-    return s.loader(data_dir, download=download, **kwargs)
+    return s.loader(data_dir, download=download, verify=verify, **kwargs)

@@ -10,7 +10,9 @@ Files (FFJORD's ``data/`` folder is ``<data_dir>``)::
     <data_dir>/BSDS300/BSDS300.hdf5            (h5py datasets train / validation / test)
 
 A missing file is extracted from ``<data_dir>/data.tar.gz``, MAF's bundle on Zenodo (record
-1161203), which is downloaded and md5-checked against Zenodo's metadata when needed.
+1161203), which is downloaded when needed and checked against its pinned md5 (``MAF_ARCHIVE``);
+each dataset's files are one tuple of :class:`~nodeopt.data.resources.Resource` in ``MAF``, which
+the registry reads too. ``verify=False`` skips the md5 check of an archive already on disk.
 
 The preprocessing is MAF's, as FFJORD's ``datasets/*.py`` apply it: where the files are not
 already split, the test set is the last 10 % of the rows and the validation set the last 10 % of
@@ -26,20 +28,33 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .dataset import Dataset, features, tail_split, zscore
-from .files import PathLike, corrupt, extract_members, fetch, optional, unavailable, zenodo_file
+from .files import PathLike, corrupt, optional
 from .files import data_dir as resolve_dir
+from .resources import Resource, ensure
 
 logger = logging.getLogger(__name__)
 
 MAF_RECORD = 1161203
-MAF_ARCHIVE = "data.tar.gz"
-MAF_URL = f"https://zenodo.org/record/{MAF_RECORD}/files/{MAF_ARCHIVE}"
-MAF_FILES = {
-    "miniboone": ("miniboone/data.npy",),
-    "gas": ("gas/ethylene_CO.pickle",),
-    "power": ("power/data.npy",),
-    "hepmass": ("hepmass/1000_train.csv", "hepmass/1000_test.csv"),
-    "bsds300": ("BSDS300/BSDS300.hdf5",),
+MAF_URL = f"https://zenodo.org/record/{MAF_RECORD}/files/data.tar.gz"
+#: MAF's bundle. Its md5 is the one Zenodo publishes for record 1161203's data.tar.gz, as pinned
+#: (and checked after download) by MArpogaus/hybrid-flows, src/mctm/data/benchmark.py.
+MAF_ARCHIVE = Resource("data.tar.gz", "9b9c9b0375315ad270eba4ce80c093ab",
+                       (f"https://zenodo.org/records/{MAF_RECORD}/files/data.tar.gz?download=1", MAF_URL))
+
+
+def _members(*paths: str) -> tuple[Resource, ...]:
+    """Files of the bundle, at ``<data_dir>/<path>`` and ``data/<path>`` in the archive. No source
+    publishes their own sums: they are trusted as members of the verified archive."""
+    return tuple(Resource(p, archive=MAF_ARCHIVE, member=f"data/{p}") for p in paths)
+
+
+#: Dataset name -> its files in the bundle.
+MAF = {
+    "miniboone": _members("miniboone/data.npy"),
+    "gas": _members("gas/ethylene_CO.pickle"),
+    "power": _members("power/data.npy"),
+    "hepmass": _members("hepmass/1000_train.csv", "hepmass/1000_test.csv"),
+    "bsds300": _members("BSDS300/BSDS300.hdf5"),
 }
 GAS_DROPPED = ("Meth", "Eth", "Time")
 GAS_CORRELATION = 0.98
@@ -48,21 +63,9 @@ REPEAT_LIMIT = 5
 
 # ----------------------------------------------------------------------------------- files
 
-def maf_files(name: str, data_dir: Optional[PathLike], download: bool) -> list[Path]:
+def maf_files(name: str, data_dir: Optional[PathLike], download: bool, verify: bool = True) -> list[Path]:
     """The bundle files of dataset ``name``, extracting them from ``data.tar.gz`` if missing."""
-    root = resolve_dir(data_dir)
-    paths = [root / rel for rel in MAF_FILES[name]]
-    missing = [p for p in paths if not p.is_file()]
-    if not missing:
-        return paths
-    archive = root / MAF_ARCHIVE
-    if not archive.is_file():
-        if not download:
-            raise unavailable(name, missing[0], [MAF_URL], "download=False was given")
-        url, md5 = zenodo_file(MAF_RECORD, MAF_ARCHIVE, dataset=name, path=missing[0])
-        fetch(archive, [url, MAF_URL], md5, dataset=name)
-    extract_members(archive, root, ["data/" + str(p.relative_to(root)) for p in missing], strip="data/")
-    return paths
+    return ensure(MAF[name], resolve_dir(data_dir), dataset=name, download=download, verify=verify)
 
 
 def _load_npy(path: Path, columns: Optional[int] = None) -> np.ndarray:
@@ -103,7 +106,7 @@ def _split_and_zscore(data: np.ndarray, ddof: int = 0):
 
 # ------------------------------------------------------------------------------- datasets
 
-def miniboone(data_dir: Optional[PathLike] = None, *, download: bool = True) -> Dataset:
+def miniboone(data_dir: Optional[PathLike] = None, *, download: bool = True, verify: bool = True) -> Dataset:
     """MiniBooNE particle identification, 29556 / 3284 / 3648 rows, 43 features.
 
     Preprocessing: MAF's bundle already removed the outliers (first feature below -100) and the
@@ -111,7 +114,7 @@ def miniboone(data_dir: Optional[PathLike] = None, *, download: bool = True) -> 
     is applied again here (it keeps every column of the official file), then the tail splits
     and a z-score with the train+validation mean and std (ddof=0).
     """
-    (path,) = maf_files("miniboone", data_dir, download)
+    (path,) = maf_files("miniboone", data_dir, download, verify)
     data = _load_npy(path)
     keep = ~repeated_features(data)
     train, val, test, info = _split_and_zscore(data[:, keep])
@@ -144,14 +147,14 @@ def drop_correlated(data: np.ndarray, threshold: float = GAS_CORRELATION) -> np.
         del kept[int(np.flatnonzero(counts > 1)[0])]
 
 
-def gas(data_dir: Optional[PathLike] = None, *, download: bool = True) -> Dataset:
+def gas(data_dir: Optional[PathLike] = None, *, download: bool = True, verify: bool = True) -> Dataset:
     """UCI gas sensors (ethylene and CO), 852174 / 94685 / 105206 rows, 8 features.
 
     Preprocessing (MAF): drop the columns ``Meth``, ``Eth`` and ``Time``; remove correlated
     columns with :func:`drop_correlated` (> 0.98); z-score with the mean and std (ddof=1, as
     pandas) of *all* rows, as MAF and FFJORD do for GAS; then the tail splits. Needs pandas.
     """
-    (path,) = maf_files("gas", data_dir, download)
+    (path,) = maf_files("gas", data_dir, download, verify)
     frame = _gas_frame(path)
     data = frame.to_numpy(dtype=np.float64)
     keep = drop_correlated(data)
@@ -162,7 +165,8 @@ def gas(data_dir: Optional[PathLike] = None, *, download: bool = True) -> Datase
     return _density("gas", train, val, test, [path], info)
 
 
-def power(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 42) -> Dataset:
+def power(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 42,
+          verify: bool = True) -> Dataset:
     """UCI household electric power, 1615917 / 179546 / 204928 rows, 6 features.
 
     The file holds 8 columns: global active power, global reactive power, voltage, global
@@ -173,7 +177,7 @@ def power(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: i
     sub-metering and none to time (drawn in the order voltage, active power, sub-metering);
     then the tail splits and a z-score with train+validation statistics (ddof=0).
     """
-    (path,) = maf_files("power", data_dir, download)
+    (path,) = maf_files("power", data_dir, download, verify)
     data = _load_npy(path, columns=8)
     rng = np.random.RandomState(seed)
     rng.shuffle(data)
@@ -194,7 +198,7 @@ def _read_csv(path: Path) -> np.ndarray:
         raise corrupt(path, f"not a numeric CSV with one header line ({type(err).__name__}: {err})") from None
 
 
-def hepmass(data_dir: Optional[PathLike] = None, *, download: bool = True) -> Dataset:
+def hepmass(data_dir: Optional[PathLike] = None, *, download: bool = True, verify: bool = True) -> Dataset:
     """UCI HEPMASS (mass 1000), 315123 / 35013 / 174987 rows, 21 features.
 
     Files: ``1000_train.csv`` and ``1000_test.csv`` with the header ``# label,f0,...,f26,mass``.
@@ -205,7 +209,7 @@ def hepmass(data_dir: Optional[PathLike] = None, *, download: bool = True) -> Da
     mass); z-score with the training file's mean and std (ddof=1, as pandas); the validation set
     is the last 10 % of the training file.
     """
-    train_path, test_path = maf_files("hepmass", data_dir, download)
+    train_path, test_path = maf_files("hepmass", data_dir, download, verify)
     train, test = _read_csv(train_path), _read_csv(test_path)
     train, test = train[train[:, 0] == 1, 1:], test[test[:, 0] == 1, 1:]
     if test.shape[1] < train.shape[1]:
@@ -217,14 +221,14 @@ def hepmass(data_dir: Optional[PathLike] = None, *, download: bool = True) -> Da
     return _density("hepmass", train, val, test, [train_path, test_path], info)
 
 
-def bsds300(data_dir: Optional[PathLike] = None, *, download: bool = True) -> Dataset:
+def bsds300(data_dir: Optional[PathLike] = None, *, download: bool = True, verify: bool = True) -> Dataset:
     """BSDS300 8×8 natural-image patches, 1000000 / 50000 / 250000 rows, 63 features.
 
     File: ``BSDS300/BSDS300.hdf5`` with datasets ``train``, ``validation`` and ``test``, already
     preprocessed by MAF (grey patches, dequantised, one pixel dropped); read as they are, with
     no further normalisation, as FFJORD does.
     """
-    (path,) = maf_files("bsds300", data_dir, download)
+    (path,) = maf_files("bsds300", data_dir, download, verify)
     h5py = optional("h5py", "h5py")
     try:
         with h5py.File(path, "r") as f:

@@ -1,9 +1,12 @@
 """Multivariate time-series classification from the UEA archive, read through aeon.
 
 Files (aeon's layout): ``<data_dir>/<Name>/<Name>_TRAIN.ts`` and ``<Name>_TEST.ts``, read with
-``aeon.datasets.load_classification(Name, split=..., extract_path=<data_dir>)``. Missing files are
-downloaded from the archive's Zenodo record (the same record aeon uses), checked against the md5
-Zenodo publishes. JapaneseVowels ships inside aeon's wheel and needs no download.
+``aeon.datasets.load_classification(Name, split=..., extract_path=<data_dir>)``. Each dataset's
+two files are one tuple of :class:`~nodeopt.data.resources.Resource` in ``UEA_RESOURCES`` (read by
+the registry too). Missing files are downloaded from the archive's Zenodo record (the same record
+aeon uses), checked against the md5 Zenodo publishes in the record's metadata, read at download
+time: no citable source pins these files' sums (see ``UEA``), so none is pinned here and files
+already on disk are not hashed. JapaneseVowels ships inside aeon's wheel and needs no download.
 
 Preprocessing, as in the SNOpt experiments (after Kidger et al.'s neural CDE code):
 
@@ -30,12 +33,16 @@ import numpy as np
 import torch
 
 from .dataset import Dataset, features, labels
-from .files import PathLike, corrupt, fetch, optional, unavailable, zenodo_file
+from .files import PathLike, corrupt, optional, unavailable
 from .files import data_dir as resolve_dir
+from .resources import Resource, ensure
 
 logger = logging.getLogger(__name__)
 
 #: registry name -> (archive name, Zenodo record of the tsml community, as in aeon's tsc_zenodo).
+#: No md5 is pinned for these files: aeon's loaders (1.6) check none, and no repository or page
+#: searched publishes the sums of these records' ``_TRAIN.ts``/``_TEST.ts``. The md5 is read from
+#: Zenodo's metadata at download time instead (``Resource.zenodo_record``).
 UEA = {
     "char-traj": ("CharacterTrajectories", 18723007),
     "art-wr": ("ArticularyWordRecognition", 11204924),
@@ -49,17 +56,16 @@ def uea_paths(root: Path, archive: str) -> list[Path]:
     return [root / archive / f"{archive}_{split}.ts" for split in ("TRAIN", "TEST")]
 
 
-def _ensure_files(root: Path, archive: str, record: int, dataset: str, download: bool) -> list[Path]:
-    paths = uea_paths(root, archive)
-    for path in paths:
-        if path.is_file():
-            continue
-        if not download:
-            static = f"https://zenodo.org/records/{record}/files/{path.name}?download=1"
-            raise unavailable(dataset, path, [static], "download=False was given")
-        url, md5 = zenodo_file(record, path.name, dataset=dataset, path=path)
-        fetch(path, [url], md5, dataset=dataset)
-    return paths
+def _uea_resources(archive: str, record: int) -> tuple[Resource, ...]:
+    """The two ``.ts`` files of ``archive``, from Zenodo record ``record`` (md5 from its metadata)."""
+    return tuple(Resource(f"{archive}/{archive}_{split}.ts", None,
+                          (f"https://zenodo.org/records/{record}/files/{archive}_{split}.ts?download=1",),
+                          zenodo_record=record)
+                 for split in ("TRAIN", "TEST"))
+
+
+#: registry name -> its train and test files.
+UEA_RESOURCES = {name: _uea_resources(*UEA[name]) for name in UEA}
 
 
 def _read_split(root: Path, archive: str, split: str, path: Path) -> tuple[list[np.ndarray], np.ndarray]:
@@ -135,35 +141,37 @@ def from_ts_files(name: str, root: Path, archive: str, paths: Sequence[Path], se
                    source=tuple(str(p) for p in paths), info=info)
 
 
-def _uea(name: str, data_dir: Optional[PathLike], download: bool, seed: int) -> Dataset:
-    archive, record = UEA[name]
+def _uea(name: str, data_dir: Optional[PathLike], download: bool, seed: int, verify: bool) -> Dataset:
     root = resolve_dir(data_dir)
-    paths = _ensure_files(root, archive, record, name, download)
-    return from_ts_files(name, root, archive, paths, seed)
+    paths = ensure(UEA_RESOURCES[name], root, dataset=name, download=download, verify=verify)
+    return from_ts_files(name, root, UEA[name][0], paths, seed)
 
 
-def char_traj(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 0) -> Dataset:
+def char_traj(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 0,
+              verify: bool = True) -> Dataset:
     """UEA CharacterTrajectories: 2858 pen trajectories, 3 channels, lengths 60–182, 20 classes.
 
     Files: ``<data_dir>/CharacterTrajectories/CharacterTrajectories_{TRAIN,TEST}.ts``.
     """
-    return _uea("char-traj", data_dir, download, seed)
+    return _uea("char-traj", data_dir, download, seed, verify)
 
 
-def art_wr(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 0) -> Dataset:
+def art_wr(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 0,
+           verify: bool = True) -> Dataset:
     """UEA ArticularyWordRecognition: 575 series, 9 channels, length 144, 25 classes.
 
     Files: ``<data_dir>/ArticularyWordRecognition/ArticularyWordRecognition_{TRAIN,TEST}.ts``.
     """
-    return _uea("art-wr", data_dir, download, seed)
+    return _uea("art-wr", data_dir, download, seed, verify)
 
 
-def spo_ad(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 0) -> Dataset:
+def spo_ad(data_dir: Optional[PathLike] = None, *, download: bool = True, seed: int = 0,
+           verify: bool = True) -> Dataset:
     """UEA SpokenArabicDigits: 8798 series, 13 MFCC channels, lengths 4–93, 10 classes.
 
     Files: ``<data_dir>/SpokenArabicDigits/SpokenArabicDigits_{TRAIN,TEST}.ts``.
     """
-    return _uea("spo-ad", data_dir, download, seed)
+    return _uea("spo-ad", data_dir, download, seed, verify)
 
 
 def aeon_bundled_dir() -> Path:

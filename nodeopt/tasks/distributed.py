@@ -117,7 +117,7 @@ def start(world: World, device: str, timeout: float = DEFAULT_TIMEOUT) -> torch.
         count = torch.cuda.device_count()
         if world.local_size > count:
             raise ValueError(f"{world.local_size} processes on this machine but only {count} CUDA devices; start at "
-                             f"most {count} (torchrun --nproc-per-node {count}) or train with --device cpu")
+                             f"most {count} processes per machine, or train with device=cpu")
         here = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(here)
     else:

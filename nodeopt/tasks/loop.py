@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,9 +36,9 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from . import distributed
+from . import checkpoint, distributed
 from .distributed import World
-from .rundir import CheckpointError, RunDir
+from .rundir import RunDir
 from .tasks import Task, ode_blocks, solve_counts
 
 logger = logging.getLogger(__name__)
@@ -102,14 +103,15 @@ class Trainer:
     def __post_init__(self):
         self.optimizers = self.optimizer if isinstance(self.optimizer, (list, tuple)) else [self.optimizer]
         self.blocks = ode_blocks(self.model)
-        self._stop_requested = ""
+        self._stop_requested = ""  # set by the signal handler at any moment
+        self._stop_agreed = ""  # the stop request as of the last iteration's end, the same on every rank
         self._shard = (None, None)  # (epoch, this rank's share of its permutation)
         n, size = self.task.n_train, self.world.size
         if self.batch_size > n:
-            raise ValueError(f"--batch-size {self.batch_size} is larger than the training set "
+            raise ValueError(f"batch_size={self.batch_size} is larger than the training set "
                              f"({n} examples); use at most {n}")
         if self.batch_size % size:
-            raise ValueError(f"--batch-size {self.batch_size} is the global batch and must split evenly over the "
+            raise ValueError(f"batch_size={self.batch_size} is the global batch and must split evenly over the "
                              f"{size} processes; use a multiple of {size} (e.g. {self.batch_size // size * size or size})")
         # torch's sampler draws randperm(n) from seed + epoch: the same permutation a single process uses.
         self.sampler = DistributedSampler(range(n), num_replicas=size, rank=self.world.rank, shuffle=True,
@@ -136,43 +138,60 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, budget: Budget) -> Progress:
-        """Train until the budget is spent, a stop signal arrives, or the loss diverges."""
+        """Train until :meth:`stop_reason` gives a reason: the budget, a stop signal, or divergence."""
         p = self.progress
-        main = self.world.main
-        if main:
-            self.run.open_metrics(keep_until=p.iteration)
-        self.model.train()
-        wall0 = time.perf_counter() - p.wall_seconds
-        try:
-            with self._stop_on_signals():
-                while p.iteration < budget.iterations and not self._stop_requested:
-                    if budget.seconds is not None and p.train_seconds >= budget.seconds:
-                        p.stopped = "time budget"
-                        break
-                    row = self._iteration()
-                    last = (p.iteration >= budget.iterations or self._stop_requested
-                            or (budget.seconds is not None and p.train_seconds >= budget.seconds))
-                    if self._diverged(row["loss"]):
-                        last = True
-                    elif p.iteration % self.eval_every == 0 or last:
-                        row["metric"] = self._evaluate()
-                    p.wall_seconds = time.perf_counter() - wall0
-                    row["wall_seconds"] = p.wall_seconds
-                    if main:
-                        self.run.append_metrics(row)
-                        if self.on_iteration is not None:
-                            self.on_iteration(row)
-                    if p.stopped == "diverged":
-                        break
-                    if p.iteration % self.checkpoint_every == 0 and not last:
-                        self.save()
-                p.stopped = p.stopped or self._stop_requested or "budget"
-                if p.stopped != "diverged":  # keep the last checkpoint that was still finite
+        with self._metrics_file(), self._stop_on_signals():
+            self.model.train()
+            wall0 = time.perf_counter() - p.wall_seconds
+            stop = self.stop_reason(budget)
+            while not stop:
+                row = self._iteration()
+                stop = self.stop_reason(budget, row["loss"])
+                if stop != "diverged" and (p.iteration % self.eval_every == 0 or stop):
+                    row["metric"] = self._evaluate()
+                p.wall_seconds = row["wall_seconds"] = time.perf_counter() - wall0
+                self._log(row)
+                if not stop and p.iteration % self.checkpoint_every == 0:
                     self.save()
-        finally:
-            if main:
-                self.run.close()
+            p.stopped = stop
+            if stop != "diverged":  # a diverged run keeps its last checkpoint that was still finite
+                self.save()
         return p
+
+    def stop_reason(self, budget: Budget, loss: Optional[float] = None) -> str:
+        """Why training stops now, or ``""`` to go on; asked once before the first iteration and after each.
+
+        In order: ``"diverged"`` (``loss`` NaN/inf or past ``diverge_factor`` times the first loss),
+        the name of a stop signal (``"SIGINT"``, ``"SIGTERM"``, or one on another rank),
+        ``"budget"`` (the iterations are done), ``"time budget"`` (the training clock passed it).
+        """
+        p = self.progress
+        if loss is not None and self._diverged(loss):
+            return "diverged"
+        if self._stop_agreed:
+            return self._stop_agreed
+        if p.iteration >= budget.iterations:
+            return "budget"
+        if budget.seconds is not None and p.train_seconds >= budget.seconds:
+            return "time budget"
+        return ""
+
+    @contextmanager
+    def _metrics_file(self):
+        """``metrics.csv`` open for appending while the loop runs (rank 0), rows past the progress dropped."""
+        if self.world.main:
+            self.run.open_metrics(keep_until=self.progress.iteration)
+        try:
+            yield
+        finally:
+            if self.world.main:
+                self.run.close()
+
+    def _log(self, row: dict) -> None:
+        if self.world.main:
+            self.run.append_metrics(row)
+            if self.on_iteration is not None:
+                self.on_iteration(row)
 
     def _iteration(self) -> dict:
         p = self.progress
@@ -204,12 +223,12 @@ class Trainer:
             sched.step()
         value = loss.item()  # synchronises the device
         seconds = time.perf_counter() - t0
+        stop = self._stop_requested  # read once: a signal may arrive at any moment
         if self.world.distributed:  # one message: every rank sees the same loss, clock and stop requests
-            total_loss, total_seconds, stops = self.world.all_sum(
-                [value, seconds, bool(self._stop_requested)], self.task.device)
+            total_loss, total_seconds, stops = self.world.all_sum([value, seconds, bool(stop)], self.task.device)
             value, seconds = total_loss / self.world.size, total_seconds / self.world.size
-            if stops and not self._stop_requested:
-                self._stop_requested = "a stop signal on another rank"
+            stop = (stop or "a stop signal on another rank") if stops else ""
+        self._stop_agreed = stop
         p.train_seconds += seconds
         p.iteration += 1
         nfe_forward, nfe_backward = solve_counts(self.model)  # of this rank's share of the batch
@@ -230,7 +249,6 @@ class Trainer:
         p.first_loss = loss if p.first_loss is None else p.first_loss
         if math.isfinite(loss) and loss <= abs(p.first_loss) * self.diverge_factor + 1.0:
             return False
-        p.stopped = "diverged"
         logger.error("training diverged at iteration %d: loss %.4g (first loss %.4g)", p.iteration, loss,
                      p.first_loss)
         return True
@@ -243,7 +261,6 @@ class Trainer:
             logger.warning("%s received: stopping after this iteration and writing a checkpoint",
                            self._stop_requested)
 
-        import threading
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -254,20 +271,10 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    # -- checkpoints ----------------------------------------------------------------------------
+    # -- checkpoints (see nodeopt.tasks.checkpoint) ---------------------------------------------
     def state(self) -> dict:
-        """Everything needed to continue; a collective under torch.distributed (it gathers every rank's RNG)."""
-        rng = self.world.gather(torch.get_rng_state())
-        out = dict(model=self.model.state_dict(), optimizers=[o.state_dict() for o in self.optimizers],
-                   schedulers=[s.state_dict() for s in self.schedulers],
-                   progress=dict(vars(self.progress)), rng_cpu=rng[0], rng_cpu_ranks=rng, world_size=self.world.size)
-        if self.task.device.type == "cuda":
-            out["rng_cuda_ranks"] = self.world.gather(torch.cuda.get_rng_state(self.task.device))
-        if self.precond is not None:
-            out["precond"] = self.precond.state_dict()
-        if self.t1_optimizer is not None:
-            out["t1_optimizer"] = self.t1_optimizer.state_dict()
-        return out
+        """Everything needed to continue; a collective under torch.distributed (every rank calls it)."""
+        return checkpoint.state_of(self)
 
     def save(self) -> None:
         state = self.state()
@@ -275,53 +282,9 @@ class Trainer:
             self.run.save_checkpoint(state)
 
     def restore(self, state: dict) -> None:
-        """Load a checkpoint written by :meth:`save` (from :meth:`RunDir.load_checkpoint`).
-
-        Under torch.distributed every rank restores the same state (rank 0 reads it and broadcasts
-        it). With as many ranks as wrote it, each rank takes back its own random stream, so the
-        resumed run equals one run straight through; with another number of ranks the batches are
-        re-sharded exactly (see :meth:`batch`), and the ranks' random streams (Hutchinson's noise)
-        restart from the seed.
-        """
-        path = self.run.file("checkpoint.pt")
-        try:
-            self.model.load_state_dict(state["model"])
-            for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
-                opt.load_state_dict(s)
-            for sched, s in zip(self.schedulers, state.get("schedulers", []), strict=True):
-                sched.load_state_dict(s)
-            if (self.precond is None) != ("precond" not in state):
-                raise ValueError("the checkpoint was written with a different optimiser (SNOpt or not)")
-            if self.precond is not None:
-                self.precond.load_state_dict(state["precond"])
-            if (self.t1_optimizer is None) != ("t1_optimizer" not in state):
-                raise ValueError("the checkpoint was written with different --t1-optimize settings")
-            if self.t1_optimizer is not None:
-                self.t1_optimizer.load_state_dict(state["t1_optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{path} does not match this run's model or optimisers "
-                                  f"({str(err).splitlines()[0][:300]}); resume with the run's own settings "
-                                  f"(they are in config.json)") from None
-        self.progress = Progress(**state["progress"])
+        """Continue from a checkpoint written by :meth:`save` (see :func:`nodeopt.tasks.checkpoint.restore`)."""
+        self.progress = Progress(**checkpoint.restore(self, state))
         self.progress.stopped = ""
-        ranks = state.get("rng_cpu_ranks") or [state["rng_cpu"]]
-        if len(ranks) == self.world.size:
-            torch.set_rng_state(ranks[self.world.rank])
-        elif self.world.main:
-            logger.warning("the checkpoint was written by %d processes and this run has %d: the batches are "
-                           "re-sharded exactly, but the random streams of ranks other than 0 restart from the seed",
-                           len(ranks), self.world.size)
-            torch.set_rng_state(ranks[0])
-        else:
-            torch.manual_seed(rank_seed(self.seed, self.world.rank, self.progress.iteration))
-        cuda = state.get("rng_cuda_ranks")
-        if cuda and self.task.device.type == "cuda" and len(cuda) == self.world.size:
-            torch.cuda.set_rng_state(cuda[self.world.rank], self.task.device)
-
-
-def rank_seed(seed: int, rank: int, iteration: int = 0) -> int:
-    """The seed of rank ``rank``'s random stream (rank 0 continues the run's own stream from ``seed``)."""
-    return (seed * 1_000_003 + rank * 7_919 + iteration) % (2 ** 63)
 
 
 def _sync(device: torch.device) -> None:

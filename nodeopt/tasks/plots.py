@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .rundir import atomic_write_bytes, read_metrics
+from ..data.files import atomic_write
+from .rundir import read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    import io
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
 def plot_curves(runs: Sequence, out, labels: Optional[Sequence[str]] = None, metric_name: str = "metric") -> Path:

@@ -13,7 +13,8 @@ Under torchrun rank 0 alone writes these files (see :mod:`nodeopt.tasks.distribu
   the optimisers', SNOpt's and the integration-time optimiser's state, progress, and the
   RNG state of every process: ``rng_cpu_ranks``, ``world_size``). Written to a temporary file and renamed, so it is always whole; read
   with ``torch.load(weights_only=True)``, so loading never runs code from the file.
-* ``summary.json`` — the final (or latest) result of the run.
+* ``summary.json`` — the final (or latest) result of the run: the fields of :class:`Summary`
+  (among them ``stopped``, why the run ended, and ``higher_is_better``, how to compare its metric).
 * ``*.png`` — plots (see :mod:`nodeopt.tasks.plots`).
 
 On resume the rows of ``metrics.csv`` after the checkpoint's iteration (work that
@@ -24,14 +25,18 @@ is lost or duplicated.
 from __future__ import annotations
 
 import csv
-import io
+import dataclasses
 import json
-import os
-import tempfile
+import platform
+import subprocess
 from pathlib import Path
 from typing import Optional
 
+import numpy
 import torch
+
+from ..data.files import atomic_write
+from ..version import __version__
 
 COLUMNS = ("iteration", "epoch", "train_seconds", "wall_seconds", "loss", "metric", "nfe_forward", "nfe_backward",
            "t1", "lr")
@@ -42,27 +47,24 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, corrupt, or from another run."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def write_json(path: Path, value) -> None:
+    """``value`` as indented JSON at ``path``, written atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def atomic_write_json(path: Path, value) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+def write_csv(path: Path, columns, rows) -> None:
+    """``rows`` (dicts) under a header of ``columns`` at ``path``, written atomically."""
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 class RunDir:
     """Reads and writes one run directory (see the module docstring)."""
+
+    CONFIG, METRICS, CHECKPOINT, SUMMARY = CONFIG, METRICS, CHECKPOINT, SUMMARY
 
     def __init__(self, path):
         self.path = Path(path)
@@ -74,7 +76,7 @@ class RunDir:
 
     # -- config and summary ---------------------------------------------------------------------
     def write_config(self, config: dict) -> None:
-        atomic_write_json(self.file(CONFIG), config)
+        write_json(self.file(CONFIG), config)
 
     def read_config(self) -> dict:
         path = self.file(CONFIG)
@@ -85,8 +87,15 @@ class RunDir:
         except ValueError as err:
             raise CheckpointError(f"{path} is corrupt ({err}); the run cannot be resumed") from None
 
-    def write_summary(self, summary: dict) -> None:
-        atomic_write_json(self.file(SUMMARY), summary)
+    def write_summary(self, summary: "Summary") -> None:
+        write_json(self.file(SUMMARY), dataclasses.asdict(summary))
+
+    def read_summary(self) -> Optional[dict]:
+        """``summary.json`` as a dict, or None when the run has not written one (or it is unreadable)."""
+        try:
+            return json.loads(self.file(SUMMARY).read_text())
+        except (OSError, ValueError):
+            return None
 
     # -- metrics --------------------------------------------------------------------------------
     def open_metrics(self, keep_until: Optional[int] = None) -> None:
@@ -95,12 +104,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         rows = self.read_metrics() if keep_until is not None else []
         if rows and int(rows[-1]["iteration"]) > keep_until:  # rows the checkpoint does not hold
-            rows = [r for r in rows if int(r["iteration"]) <= keep_until]
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            atomic_write_bytes(path, buffer.getvalue().encode())
+            write_csv(path, COLUMNS, [r for r in rows if int(r["iteration"]) <= keep_until])
         fresh = not path.exists()
         self._metrics = open(path, "a", newline="")
         self._writer = csv.DictWriter(self._metrics, COLUMNS, lineterminator="\n")
@@ -126,15 +130,14 @@ class RunDir:
 
     # -- checkpoint -----------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(self.file(CHECKPOINT), buffer.getvalue())
+        with atomic_write(self.file(CHECKPOINT)) as f:
+            torch.save(state, f)
 
     def load_checkpoint(self, map_location=None) -> dict:
         path = self.file(CHECKPOINT)
         if not path.exists():
             raise CheckpointError(f"{path} does not exist: the run wrote no checkpoint yet, so there is nothing to "
-                                  f"resume (start it again without --resume)")
+                                  f"resume; start the run again")
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # truncated zip, bad pickle, or a forbidden global: all mean "unusable"
@@ -144,6 +147,48 @@ class RunDir:
         if not isinstance(state, dict) or "model" not in state or "progress" not in state:
             raise CheckpointError(f"{path} is not a nodeopt checkpoint (no 'model' and 'progress' entries)")
         return state
+
+
+@dataclasses.dataclass
+class Summary:
+    """The fields of ``summary.json``: what a run reached and why it stopped.
+
+    ``stopped`` is ``"budget"``, ``"time budget"``, ``"diverged"``, a signal's name (``"SIGINT"``,
+    ``"SIGTERM"``, ``"a stop signal on another rank"``), ``"solver failure"`` or ``"lost contact"``;
+    ``error`` the first line of the failure, if any. ``final_metric`` is the last evaluation,
+    ``best_metric`` the best by ``higher_is_better``.
+    """
+
+    run_dir: str
+    task: str
+    dataset: str
+    optimizer: str
+    gradient: str
+    metric_name: str
+    higher_is_better: bool
+    iterations: int
+    train_seconds: float
+    wall_seconds: float
+    final_metric: Optional[float]
+    best_metric: Optional[float]
+    stopped: str
+    error: str = ""
+    peak_cuda_bytes: Optional[int] = None
+    data: dict = dataclasses.field(default_factory=dict)
+
+
+def versions() -> dict:
+    """What ran: nodeopt, torch, numpy, Python, the platform and, in a git checkout, the commit."""
+    out = dict(nodeopt=__version__, torch=torch.__version__, numpy=numpy.__version__,
+               python=platform.python_version(), platform=platform.platform())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
 
 
 def _cell(value):
