@@ -1,10 +1,20 @@
 """`nodeopt reproduce`: the recipes hold the papers' settings, every command parses, runs end to end."""
 
 import argparse
+import contextlib
 import csv
+import io
+import json
+import os
 import shlex
+import shutil
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -94,19 +104,26 @@ def test_every_dry_run_command_parses_with_nodeopt_trains_own_parser(name, capsy
                 assert settings[key] == value, (line, key)
 
 
-def test_the_smallest_offline_recipe_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
-    parent = tmp_path / "digits"
-    code = main(["reproduce", "digits", "--scale", "0.01", "--run-dir", str(parent)])
+@pytest.fixture(scope="module")
+def finished_digits(tmp_path_factory):
+    """The digits recipe at --scale 0.01 (5 iterations a run), run once: its parent directory and its output."""
+    parent = tmp_path_factory.mktemp("finished") / "digits"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["reproduce", "digits", "--scale", "0.01", "--run-dir", str(parent)])
+    return parent, out.getvalue(), code
+
+
+def test_the_smallest_offline_recipe_runs_end_to_end_and_writes_its_table(finished_digits):
+    parent, out, code = finished_digits
     assert code == 0
-    out = capsys.readouterr().out
-    assert "| run | final | best |" in out and "| snopt |" in out
-    with open(parent / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    assert "| run | status | final | best |" in out and "| snopt | finished |" in out
+    rows = _csv(parent / "results.csv")
     assert [r["run"] for r in rows] == ["adam", "sgd", "snopt"]
-    assert all(float(r["iterations"] if "iterations" in r else 1) > 0 for r in rows)
+    assert all(r["status"] == "finished" and r["finished"] == "1" for r in rows)
     assert all(0 <= float(r["final"]) <= 1 and float(r["peak_mb"]) > 0 for r in rows)
     for run in ("adam", "sgd", "snopt"):
-        assert (parent / f"{run}-seed0" / "metrics.csv").exists()
+        assert _iterations(parent / f"{run}-seed0") == [1, 2, 3, 4, 5]
 
 
 def test_a_recipe_whose_data_is_missing_stops_before_any_training(tmp_path, capsys, monkeypatch):
@@ -145,3 +162,238 @@ def test_bench_runs_a_benchmark_of_the_source_checkout_and_names_unknown_ones(ca
     assert "unknown benchmark 'solvers-and-more'; choose one of solvers" in capsys.readouterr().err
     assert main(["bench", "train_loop", "--quick", "--block", "2"]) == 0
     assert "overhead:" in capsys.readouterr().out
+
+
+# -- continuing: skip what finished, resume what did not, never report a partial run ---------------------------
+DIGITS = ["reproduce", "digits", "--scale", "0.01"]  # 5 iterations a run
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _iterations(folder: Path) -> list[int]:
+    return [int(r["iteration"]) for r in _csv(folder / "metrics.csv")]
+
+
+def _copy(finished_digits, tmp_path) -> Path:
+    parent = tmp_path / "digits"
+    shutil.copytree(finished_digits[0], parent)
+    return parent
+
+
+def _train_adam_for(parent: Path, iterations: int, capsys) -> None:
+    """A run directory of the recipe's Adam run made by ``nodeopt train`` for fewer iterations than planned."""
+    shutil.rmtree(parent / "adam-seed0", ignore_errors=True)
+    assert main([*DIGITS, "--only", "adam", "--dry-run", "--run-dir", str(parent)]) == 0
+    argv = shlex.split(capsys.readouterr().out.strip())
+    argv[argv.index("--iterations") + 1] = str(iterations)
+    assert main([*argv[1:], "--quiet", "--no-plots"]) == 0
+    capsys.readouterr()
+    assert _iterations(parent / "adam-seed0") == list(range(1, iterations + 1))
+
+
+def _edit_json(path: Path, **changes) -> None:
+    value = json.loads(path.read_text())
+    for key, v in changes.items():
+        if key == "settings":
+            value["settings"].update(v)
+        else:
+            value[key] = v
+    path.write_text(json.dumps(value))
+
+
+def test_a_rerun_skips_the_finished_runs_says_so_and_trains_nothing(finished_digits, tmp_path, capsys):
+    parent = _copy(finished_digits, tmp_path)
+    before = {run: ((parent / f"{run}-seed0" / "metrics.csv").read_bytes(),
+                    (parent / f"{run}-seed0" / "metrics.csv").stat().st_mtime_ns) for run in ("adam", "sgd", "snopt")}
+    assert main([*DIGITS, "--run-dir", str(parent)]) == 0
+    out = capsys.readouterr().out
+    for run in ("adam", "sgd", "snopt"):
+        assert (f"== digits: {run}, seed 0: finished earlier (summary.json: stopped budget, 5 of 5 iterations), "
+                f"skipped") in out
+        metrics = parent / f"{run}-seed0" / "metrics.csv"
+        assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == before[run]
+    assert "nodeopt train" not in out
+    assert "| adam | finished |" in out
+    assert all(r["exit_code"] == "" for r in _csv(parent / "results_per_seed.csv"))  # no child ran
+
+
+def test_only_keeps_the_other_runs_rows_of_both_tables(finished_digits, tmp_path, capsys):
+    parent = _copy(finished_digits, tmp_path)
+    seeds_before = {r["run"]: r for r in _csv(parent / "results_per_seed.csv")}
+    assert main([*DIGITS, "--only", "adam", "--run-dir", str(parent)]) == 0
+    assert [r["run"] for r in _csv(parent / "results.csv")] == ["adam", "sgd", "snopt"]
+    seeds = {r["run"]: r for r in _csv(parent / "results_per_seed.csv")}
+    assert list(seeds) == ["adam", "sgd", "snopt"]
+    for run in ("sgd", "snopt"):  # the peak memory of a run not run now is kept from the previous table
+        assert seeds[run]["peak_rss_mb"] == seeds_before[run]["peak_rss_mb"] != ""
+        assert seeds[run]["final"] == seeds_before[run]["final"]
+    out = capsys.readouterr().out
+    assert "| sgd | finished |" in out and "| snopt | finished |" in out
+
+
+def test_a_run_trained_for_fewer_iterations_is_resumed_to_every_iteration_once(tmp_path, capsys):
+    parent = tmp_path / "digits"
+    _train_adam_for(parent, 2, capsys)
+    assert main([*DIGITS, "--only", "adam", "--run-dir", str(parent)]) == 0
+    out = capsys.readouterr().out
+    assert ("== digits: adam, seed 0: stopped at iteration 2 of 5 (budget); resuming from its last checkpoint: "
+            f"nodeopt train --resume {parent / 'adam-seed0'} --iterations 5 --quiet") in out
+    assert _iterations(parent / "adam-seed0") == [1, 2, 3, 4, 5]
+    assert "| adam | finished |" in out
+    assert _csv(parent / "results_per_seed.csv")[0]["resumed"] == "True"
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_trained_again_from_its_config(finished_digits, tmp_path,
+                                                                                   capsys):
+    # needs `nodeopt train --resume` to restart a run that has a config.json but no checkpoint yet
+    parent = _copy(finished_digits, tmp_path)
+    folder = parent / "adam-seed0"
+    (folder / "checkpoint.pt").unlink()
+    (folder / "summary.json").unlink()
+    lines = (folder / "metrics.csv").read_text().splitlines(keepends=True)
+    (folder / "metrics.csv").write_text("".join(lines[:4]))  # the header and 3 rows, as a SIGKILL leaves them
+    assert main([*DIGITS, "--only", "adam", "--run-dir", str(parent)]) == 0
+    out = capsys.readouterr().out
+    assert "adam, seed 0: stopped at iteration 3 of 5; no checkpoint yet: training it again from iteration 0" in out
+    assert _iterations(folder) == [1, 2, 3, 4, 5]
+
+
+def _reproduce_until_adam_trains(parent: Path, send) -> tuple[str, int]:
+    """``nodeopt reproduce`` in its own session, and ``send(process)`` once Adam has logged two iterations."""
+    proc = subprocess.Popen([sys.executable, "-m", "nodeopt", "reproduce", "digits", "--scale", "0.05", "--only",
+                             "adam,sgd", "--run-dir", str(parent)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics = parent / "adam-seed0" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    try:
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "adam never started training"
+            time.sleep(0.05)
+        send(proc)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out, proc.returncode
+
+
+def test_ctrl_c_stops_the_current_run_starts_no_other_prints_the_table_and_exits_130(tmp_path, capsys):
+    parent = tmp_path / "digits"
+    out, code = _reproduce_until_adam_trains(parent, lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    assert code == 130, out
+    assert "Traceback" not in out
+    assert ("nodeopt reproduce: stopped by SIGINT: adam, seed 0 ended after its current iteration; 1 run not "
+            "started; run the same command again to continue") in out
+    assert "| adam | unfinished (" in out and " of 22 iterations) | – | – |" in out
+    assert "| sgd | not started |" in out
+    assert not (parent / "sgd-seed0").exists()
+    assert _csv(parent / "results_per_seed.csv")[0]["status"].startswith("unfinished (")
+    # the same command again continues the interrupted run, which ends with every iteration once
+    assert main(["reproduce", "digits", "--scale", "0.05", "--only", "adam", "--run-dir", str(parent)]) == 0
+    assert "(SIGINT); resuming from its last checkpoint" in capsys.readouterr().out
+    assert _iterations(parent / "adam-seed0") == list(range(1, 23))
+
+
+def test_sigterm_to_reproduce_alone_reaches_the_run_and_exits_143(tmp_path):
+    parent = tmp_path / "digits"
+    out, code = _reproduce_until_adam_trains(parent, lambda proc: proc.send_signal(signal.SIGTERM))
+    assert code == 143, out
+    assert "Traceback" not in out and "stopped by SIGTERM: adam, seed 0" in out
+    assert json.loads((parent / "adam-seed0" / "summary.json").read_text())["stopped"] == "SIGTERM"
+    assert "| adam | unfinished (" in out
+
+
+def test_an_unfinished_run_is_marked_and_left_out_of_every_comparison(finished_digits, tmp_path, capsys,
+                                                                      monkeypatch):
+    parent = _copy(finished_digits, tmp_path)
+    # a target every run reaches at once, so that the time to it is measured wherever it may be
+    monkeypatch.setitem(RECIPES, "digits", replace(RECIPES["digits"], target=0.01))
+    _train_adam_for(parent, 2, capsys)
+    _edit_json(parent / "adam-seed0" / "summary.json", final_metric=0.0)  # one the other runs would reach at once
+    assert main([*DIGITS, "--only", "sgd,snopt", "--run-dir", str(parent)]) == 0  # the runs asked for finished
+    out = capsys.readouterr().out
+    assert "| adam | unfinished (2 of 5 iterations) | – | – | – | – | – | – | – / – | – |" in out
+    table = {r["run"]: r for r in _csv(parent / "results.csv")}
+    assert table["adam"]["finished"] == "0" and table["adam"]["final"] == ""
+    assert table["sgd"]["target_s"] != "" and table["snopt"]["target_s"] != ""
+    assert table["snopt"]["adam_final_s"] == ""  # Adam's final comes from a finished Adam run only
+    seeds = {r["run"]: r for r in _csv(parent / "results_per_seed.csv")}
+    assert seeds["adam"]["status"] == "unfinished (2 of 5 iterations)"
+    assert seeds["adam"]["target_s"] == "" and seeds["adam"]["final"] != ""  # measured, but not a result
+    assert seeds["snopt"]["adam_final_s"] == ""
+
+
+def test_the_other_runs_are_timed_to_the_final_metric_of_the_same_seeds_finished_adam_run(finished_digits, tmp_path):
+    parent = _copy(finished_digits, tmp_path)
+    _edit_json(parent / "adam-seed0" / "summary.json", final_metric=0.0)  # reached at every run's first evaluation
+    assert main([*DIGITS, "--only", "adam", "--run-dir", str(parent)]) == 0
+    rows = {r["run"]: r for r in _csv(parent / "results.csv")}
+    first_eval = {run: next(r for r in _csv(parent / f"{run}-seed0" / "metrics.csv") if r["metric"])
+                  for run in ("sgd", "snopt")}
+    for run in ("sgd", "snopt"):
+        assert float(rows[run]["adam_final_s"]) == pytest.approx(float(first_eval[run]["train_seconds"]))
+    assert rows["adam"]["adam_final_s"] == ""
+
+
+def _corrupt_config(folder: Path) -> None:
+    (folder / "config.json").write_text("{")
+
+
+@pytest.mark.parametrize("spoil,match,status", [
+    (lambda f: _edit_json(f / "config.json", settings=dict(lr=0.5)),
+     "adam-seed0 holds a run with other settings than the recipe's (--lr 0.5 there, 0.001 in the recipe); move ",
+     "blocked (other settings)"),
+    (lambda f: _edit_json(f / "summary.json", iterations=9),
+     "adam-seed0 holds 9 iterations, more than the 5 planned (a run of another --scale?); move ",
+     "blocked (longer than planned)"),
+    (_corrupt_config, "config.json is corrupt (", "blocked (unreadable files)"),
+    (lambda f: _edit_json(f / "summary.json", stopped="diverged"),
+     "adam, seed 0: failed earlier (summary.json: stopped diverged at iteration 5), not retried: resuming would "
+     "repeat it; move ", "failed (diverged)"),
+], ids=["other-settings", "longer-than-planned", "corrupt-config", "diverged"])
+def test_a_folder_that_does_not_hold_the_planned_run_is_named_left_alone_and_exits_1(
+        spoil, match, status, finished_digits, tmp_path, capsys):
+    parent = _copy(finished_digits, tmp_path)
+    folder = parent / "adam-seed0"
+    spoil(folder)
+    before = (folder / "metrics.csv").read_bytes()
+    assert main([*DIGITS, "--only", "adam", "--run-dir", str(parent)]) == 1
+    captured = capsys.readouterr()
+    assert match in captured.out and "away (or choose another --run-dir) to train the run again" in captured.out
+    assert f"| adam | {status} | – |" in captured.out
+    assert (f"nodeopt reproduce: 1 of 1 runs did not finish: adam seed 0 ({status}); see above (the same "
+            f"command again continues the unfinished ones)") in captured.err
+    assert (folder / "metrics.csv").read_bytes() == before
+
+
+def test_a_run_whose_nodeopt_train_fails_is_marked_failed_and_exits_1(tmp_path, capsys):
+    folder = tmp_path / "digits" / "adam-seed0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("not,a,run\n1,2,3\n")  # no config.json: started afresh, and refused
+    assert main([*DIGITS, "--only", "adam", "--run-dir", str(tmp_path / "digits")]) == 1
+    captured = capsys.readouterr()
+    assert "| adam | failed (exit code 2) |" in captured.out
+    assert "adam seed 0 (failed (exit code 2))" in captured.err
+
+
+def test_ctrl_c_between_runs_starts_no_further_run_and_exits_130(finished_digits, tmp_path, capsys, monkeypatch):
+    from nodeopt.cli import reproduce
+    parent = _copy(finished_digits, tmp_path)
+    inspect = reproduce.inspect
+
+    def ctrl_c_on_the_first_look(run):
+        monkeypatch.setattr(reproduce, "inspect", inspect)
+        os.kill(os.getpid(), signal.SIGINT)  # while adam, finished earlier, is looked at
+        return inspect(run)
+
+    monkeypatch.setattr(reproduce, "inspect", ctrl_c_on_the_first_look)
+    assert main([*DIGITS, "--run-dir", str(parent)]) == 130
+    captured = capsys.readouterr()
+    assert "adam, seed 0: finished earlier" in captured.out and "sgd, seed 0:" not in captured.out
+    assert ("nodeopt reproduce: stopped by SIGINT: before sgd, seed 0 started; 2 runs not started; run the same "
+            "command again to continue") in captured.err
+    assert "| sgd | finished |" in captured.out  # the table of what exists

@@ -164,11 +164,11 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_iteration(tmp_path
     run = tmp_path / "r"
     proc = _torchrun(HELPER, "sigterm", "1", "3", str(tmp_path / "marker"), "--", *ARGS, "--iterations", "50",
                      "--run-dir", str(run))
-    _ok(proc)
+    assert proc.returncode != 0, proc.stderr[-3000:]  # stopped by a signal, not finished: 143 from each rank
     assert _iterations(run) == [1, 2, 3]  # rank 1 was signalled during iteration 3; both finished it and stopped
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["progress"]["iteration"] == 3
-    assert json.loads((run / "summary.json").read_text())["stopped"] == "a stop signal on another rank"
+    assert json.loads((run / "summary.json").read_text())["stopped"] == "SIGTERM"
 
 
 def test_every_rank_stops_on_the_same_clock_under_a_time_budget(tmp_path):

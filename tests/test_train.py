@@ -131,7 +131,7 @@ def test_sigint_stops_after_the_iteration_with_a_checkpoint_and_no_traceback(tmp
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # a scheduler can tell "interrupted" from "finished"
     assert "Traceback" not in err and "SIGINT received" in err
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     rows = _rows(run)

@@ -58,3 +58,26 @@ def resolve(name: str, task: str, dataset: str, optimizer: str, given):
             value = table[name]
             return value.get(optimizer) if isinstance(value, dict) else value
     return None
+
+
+def describe(name: str) -> str:
+    """The defaults of setting ``name`` in words, for ``--help``: the common one, per task, then per dataset."""
+    def shown(value):
+        if isinstance(value, dict):
+            return "/".join(f"{v:g} ({k})" if isinstance(v, float) else f"{v} ({k})" for k, v in value.items())
+        if isinstance(value, list):
+            return " ".join(map(str, value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    parts = []
+    if name in COMMON:
+        parts.append(shown(COMMON[name]))
+    elif name == "epochs":
+        parts.append(str(DEFAULT_EPOCHS))
+    tasks = [f"{task} {shown(t[name])}" for task, t in TASK.items() if name in t]
+    datasets = [f"{d} {shown(t[name])}" for d, t in DATASET.items() if name in t]
+    if tasks:
+        parts.append("per task: " + ", ".join(tasks))
+    if datasets:
+        parts.append("per dataset: " + ", ".join(datasets))
+    return "default " + "; ".join(parts) if parts else "no default"

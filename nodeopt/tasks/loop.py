@@ -162,7 +162,7 @@ class Trainer:
         """Why training stops now, or ``""`` to go on; asked once before the first iteration and after each.
 
         In order: ``"diverged"`` (``loss`` NaN/inf or past ``diverge_factor`` times the first loss),
-        the name of a stop signal (``"SIGINT"``, ``"SIGTERM"``, or one on another rank),
+        the name of a stop signal that reached this rank or another (``"SIGINT"``, ``"SIGTERM"``),
         ``"budget"`` (the iterations are done), ``"time budget"`` (the training clock passed it).
         """
         p = self.progress
@@ -225,9 +225,10 @@ class Trainer:
         seconds = time.perf_counter() - t0
         stop = self._stop_requested  # read once: a signal may arrive at any moment
         if self.world.distributed:  # one message: every rank sees the same loss, clock and stop requests
-            total_loss, total_seconds, stops = self.world.all_sum([value, seconds, bool(stop)], self.task.device)
+            total_loss, total_seconds, sigint, sigterm = self.world.all_sum(
+                [value, seconds, stop == "SIGINT", stop == "SIGTERM"], self.task.device)
             value, seconds = total_loss / self.world.size, total_seconds / self.world.size
-            stop = (stop or "a stop signal on another rank") if stops else ""
+            stop = "SIGINT" if sigint else "SIGTERM" if sigterm else ""  # every rank names the same signal
         self._stop_agreed = stop
         p.train_seconds += seconds
         p.iteration += 1
