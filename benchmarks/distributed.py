@@ -14,8 +14,9 @@ Two parts, both on the ``nodeopt train`` default (digits, ConvODENet width 32, g
   settings alternate within each round; the table holds the median over rounds.
 * ``bytes``: what one rank contributes per iteration to DDP's gradient all-reduce (counted
   by a DDP communication hook, bucket by bucket) against what SNOpt sends per refresh
-  (counted on ``torch.distributed.all_reduce``, which its factors go through in one buffer),
-  and the loop's own per-iteration message (loss, clock, stop requests), in a 2-process gloo run.
+  (its own statistic, ``SNOpt.last_stats.bytes_all_reduced``: its factors go in one buffer),
+  and the loop's own per-iteration message (loss, clock, stop requests: every other byte
+  through ``torch.distributed.all_reduce``), in a 2-process gloo run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import tempfile
 from collections import defaultdict
 
 import torch
+
+from nodeopt.tasks import RunDir
 
 SETTINGS = {
     "1 process, 1 thread": dict(nproc=None, threads=1),
@@ -49,8 +52,7 @@ def _train(iterations: int, nproc, threads: int, run_dir: str) -> dict:
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        return json.load(f)
+    return RunDir(run_dir).read_summary()
 
 
 def speed(iterations: int, rounds: int) -> dict:
@@ -69,22 +71,22 @@ def speed(iterations: int, rounds: int) -> dict:
 def _bytes_worker(rank: int, port: int, iterations: int, run_dir: str, out) -> None:
     import torch.distributed as dist
 
-    from nodeopt.cli.run import build
-    from nodeopt.cli.train import add_arguments, resolve_settings
-    from nodeopt.tasks import Budget, RunDir, Trainer
+    from nodeopt import data
+    from nodeopt.tasks import Budget, RunDir, Trainer, make_optimizers, make_task
     from nodeopt.tasks.distributed import World
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     world = World(rank=rank, size=2, local_rank=rank, local_size=2)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    s = resolve_settings(parser.parse_args(["--device", "cpu", "--run-dir", run_dir]), parser)
-    task, model, optimizers, precond, t1_opt, schedulers = build(s, world)
-    trainer = Trainer(task, model, optimizers, RunDir(run_dir), batch_size=s["batch_size"], seed=s["seed"],
-                      precond=precond, eval_every=10 * iterations, checkpoint_every=10 * iterations, world=world)
-    sent = defaultdict(int)  # what this rank contributes, by who sent it
+    # The nodeopt train default: digits, ConvODENet width 32, SNOpt (lr 0.02) in front of SGD (momentum 0.9).
+    task = make_task("image", data.digits(), "cpu")
+    torch.manual_seed(0)
+    model = task.build_model(width=32, rtol=1e-3, atol=1e-3, method="dopri5", gradient="symplectic")
+    optimizers, precond = make_optimizers("snopt", model, lr=0.02, momentum=0.9)
+    trainer = Trainer(task, model, optimizers, RunDir(run_dir), batch_size=64, precond=precond,
+                      eval_every=10 * iterations, checkpoint_every=10 * iterations, world=world)
+    sent = defaultdict(int)  # what this rank contributes: DDP's buckets, SNOpt's factors, everything all-reduced
     python_all_reduce = dist.all_reduce
 
     def ddp_hook(state, bucket):  # DDP's default: the bucket's mean over the ranks
@@ -94,19 +96,23 @@ def _bytes_worker(rank: int, port: int, iterations: int, run_dir: str, out) -> N
 
     trainer.train_model.register_comm_hook(None, ddp_hook)
 
-    def counting_all_reduce(tensor, *args, **kwargs):
-        who = "snopt" if sys._getframe(1).f_code.co_name == "_average_across_ranks" else "loop"
-        sent[who] += tensor.numel() * tensor.element_size()
+    def counting_all_reduce(tensor, *args, **kwargs):  # every all-reduce outside DDP's buckets
+        sent["all_reduce"] += tensor.numel() * tensor.element_size()
         return python_all_reduce(tensor, *args, **kwargs)
 
+    def after_iteration(row):
+        sent["snopt"] += precond.last_stats.bytes_all_reduced
+
+    trainer.on_iteration = after_iteration if rank == 0 else None
     dist.all_reduce = counting_all_reduce
     try:
         trainer.fit(Budget(iterations))
     finally:
         dist.all_reduce = python_all_reduce
     if rank == 0:
-        out.update(dict(sent), iterations=iterations, refreshes=precond.refreshes,
-                    parameter_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+        out.update(ddp=sent["ddp"], snopt=sent["snopt"], loop=sent["all_reduce"] - sent["snopt"],
+                   iterations=iterations, refreshes=precond.refreshes,
+                   parameter_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
     dist.destroy_process_group()
 
 

@@ -3,5 +3,6 @@
 from .capture import CurvatureCapture
 from .integration_time import IntegrationTimeOptimizer
 from .snopt import SNOpt
+from .stats import SNOptStats
 
-__all__ = ["SNOpt", "CurvatureCapture", "IntegrationTimeOptimizer"]
+__all__ = ["SNOpt", "SNOptStats", "CurvatureCapture", "IntegrationTimeOptimizer"]

@@ -19,10 +19,13 @@ evaluation inside an announced stage makes the layer an ODE layer, and its
 samples from outside stages are then dropped. The hooks
 hold references only to tensors autograd already saved for the layer's own
 backward, so collection costs no memory, and they never change a gradient.
+The capture counts the evaluations it folded in (``samples``) and the time its
+hooks spent doing so (``seconds``).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Iterable, Optional
 
 import torch
@@ -77,6 +80,10 @@ class CurvatureCapture:
         undecided_layers: layers that are ODE layers if the backward pass
             differentiates them inside an announced stage, other layers if not
             (see :meth:`inside_ode` after the backward pass).
+
+    Attributes:
+        seconds: time spent folding evaluations into factors so far (``time.perf_counter``
+            around each fold; on a GPU, the time to issue the work).
     """
 
     def __init__(self, ode_layers: Iterable[nn.Module], other_layers: Iterable[nn.Module] = (),
@@ -93,6 +100,12 @@ class CurvatureCapture:
         self._staged = set()
         self._handles: list = []
         self._listening = None
+        self.seconds = 0.0
+
+    @property
+    def samples(self) -> int:
+        """Evaluations folded into factors so far, summed over the layers."""
+        return sum(s.samples for s in self.sums.values()) + sum(s.samples for s in self._plain_sums.values())
 
     def __enter__(self) -> "CurvatureCapture":
         self._handles = [layer.register_forward_hook(self._forward_hook) for layer in self.layers]
@@ -138,6 +151,8 @@ class CurvatureCapture:
 
         def on_gradient(g: torch.Tensor) -> None:
             if not observe.is_muted():
+                start = time.perf_counter()
                 sums.add(layer, x, g.detach() * (x.shape[0] * g_scale), weight, max_columns)
+                self.seconds += time.perf_counter() - start
 
         output.register_hook(on_gradient)

@@ -38,12 +38,18 @@ underestimates the curvature along the steps the optimiser actually takes
 (momentum included), ``γ`` grows and the steps shorten; when the model is
 good, ``γ`` returns to 1 and SNOpt is the original method. ``eps`` is the
 smallest damping ever used.
+
+After every ``step()``, ``precond.last_stats`` (a :class:`~nodeopt.optim.stats.SNOptStats`)
+says what the step did: the bound's scale and the Fisher size it acted on, the damping,
+whether it refreshed, the time the refresh spent gathering factors and eigendecomposing,
+and the bytes it all-reduced across ranks.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 import warnings
 from typing import Callable, Iterable, Optional, Union
 
@@ -53,6 +59,7 @@ from torch import nn
 from . import damping, kfac
 from .capture import CurvatureCapture
 from .ranks import world_size
+from .stats import SNOptStats
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 REFERENCE_LR = 0.02  # the learning rate at which max_step is calibrated (the paper's)
@@ -109,6 +116,8 @@ class SNOpt(torch.optim.Optimizer):
     Attributes:
         damping_factor: ``γ``, the current damping is ``eps · γ``.
         refreshes: how many times the eigenbases were refreshed.
+        last_stats: what the last ``step()`` did (:class:`~nodeopt.optim.stats.SNOptStats`),
+            None before the first.
 
     Raises:
         ValueError: for hyper-parameters out of range, or a model with no layer to precondition.
@@ -163,6 +172,7 @@ class SNOpt(torch.optim.Optimizer):
         for name, value in self._PROGRESS.items():
             setattr(self, name, value)
         self._capture: Optional[CurvatureCapture] = None
+        self.last_stats: Optional[SNOptStats] = None
         self._warned_lr = False
         groups = [{"params": [m.weight] + ([m.bias] if m.bias is not None else []),
                    "layer_type": type(m).__name__} for m in layers]
@@ -186,14 +196,20 @@ class SNOpt(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Refresh the bases if curvature was gathered, then precondition every layer's gradient."""
+        """Refresh the bases if curvature was gathered, then precondition every layer's gradient.
+
+        Afterwards ``last_stats`` holds this step's :class:`~nodeopt.optim.stats.SNOptStats`.
+        """
         loss = closure() if closure is not None else None
         capture = self._capture
         self.end_capture()
         if self.adaptive_damping:
             self._judge_last_step()  # with the bases and m₂ that step used: before any refresh
+        refresh_seconds, sent = 0.0, 0
         if capture is not None:
-            self._refresh(capture)
+            start = time.perf_counter()
+            sent = self._refresh(capture)
+            refresh_seconds = time.perf_counter() - start
         pairs = []
         for layer, group in zip(self.layers, self.param_groups):
             state = self.state[layer.weight]
@@ -205,9 +221,17 @@ class SNOpt(torch.optim.Optimizer):
             if self.adaptive_damping:  # what the next step() needs to judge this one
                 state["last_grad"], state["last_param"] = grad.clone(), kfac.parameter_matrix(layer).clone()
             pairs.append((layer, grad, nat))
-        scale = self._step_scale(pairs)
+        sizes = [(nat * grad).sum() for _, grad, nat in pairs]  # ⟨∇_nat, ∇⟩ per layer, not yet synchronised
+        bound = self.step_bound
+        scale = self._step_scale(sizes, bound)
         for layer, _, nat in pairs:
             kfac.set_gradient_matrix(layer, nat * scale)
+        self.last_stats = SNOptStats(
+            iteration=self.iteration, refresh=capture is not None, layers=len(pairs), step_scale=float(scale),
+            step_bound=bound, damping=self.param_groups[0]["eps"] * self.damping_factor,
+            factor_seconds=capture.seconds if capture is not None else 0.0,
+            factor_samples=capture.samples if capture is not None else 0, refresh_seconds=refresh_seconds,
+            bytes_all_reduced=sent, layer_fisher_sizes=torch.stack(sizes) if sizes else None)
         self.iteration += 1
         return loss
 
@@ -248,11 +272,11 @@ class SNOpt(torch.optim.Optimizer):
         _check("lr", lr, lambda v: v > 0, "a positive learning rate (the value returned by SNOpt's lr function)")
         return self.max_step * (REFERENCE_LR / lr) ** 2
 
-    def _step_scale(self, pairs) -> float:
-        bound = self.step_bound
-        if bound is None or not pairs:
+    def _step_scale(self, sizes: list[torch.Tensor], bound: Optional[float]) -> float:
+        """``min(1, sqrt(bound / Σ sizes))``; synchronises with the device only when there is a bound."""
+        if bound is None or not sizes:
             return 1.0
-        size = sum(float((nat * grad).sum()) for _, grad, nat in pairs)
+        size = sum(float(s) for s in sizes)
         if size <= bound:
             return 1.0
         if self.lr is None and not self._warned_lr:
@@ -262,7 +286,8 @@ class SNOpt(torch.optim.Optimizer):
                           "step actually taken at every learning rate", stacklevel=_user_stacklevel())
         return math.sqrt(bound / size)
 
-    def _refresh(self, capture: CurvatureCapture) -> None:
+    def _refresh(self, capture: CurvatureCapture) -> int:
+        """New eigenbases from the captured factors; returns the bytes all-reduced across ranks."""
         self.refreshes += 1
         if self._undecided:
             self._decide_ode_layers(capture)
@@ -272,13 +297,14 @@ class SNOpt(torch.optim.Optimizer):
             factors = sums.factors()
             if factors is not None:
                 gathered.append((layer, sums, factors))
-        factors, batches = _average_across_ranks([f for _, _, pair in gathered for f in pair],
-                                                 [sums.batch_size for _, sums, _ in gathered])
+        factors, batches, sent = _average_across_ranks([f for _, _, pair in gathered for f in pair],
+                                                       [sums.batch_size for _, sums, _ in gathered])
         for (layer, sums, _), a, g, batch in zip(gathered, factors[::2], factors[1::2], batches):
             e_a, q_a = kfac.eigenbasis(a)
             e_g, q_g = kfac.eigenbasis(g)
             state = self.state[layer.weight]
             state.update(q_a=q_a, q_g=q_g, m2=torch.outer(e_g, e_a) * sums.locations, batch_size=batch)
+        return sent
 
     def _decide_ode_layers(self, capture: CurvatureCapture) -> None:
         """The layers the backward pass differentiated inside a solve are the ODE layers; the rest are not."""
@@ -330,17 +356,18 @@ def scheduled_refresh(iteration: int, update_freq: int, early: bool) -> bool:
     return early and iteration < update_freq and iteration & (iteration - 1) == 0
 
 
-def _average_across_ranks(factors: list[torch.Tensor], batch_sizes: list[int]) -> tuple[list, list]:
+def _average_across_ranks(factors: list[torch.Tensor], batch_sizes: list[int]) -> tuple[list, list, int]:
     """Under ``torch.distributed``: the factors' means and the batch sizes' sums over the ranks, in one message.
 
     Each rank's ``A`` and ``G`` are means over its own share of the batch, so their mean over
     equal shares is the factor of the whole batch; the batch sizes add up to the global batch,
     the ``B`` of the second-moment update that matches the DDP-averaged gradient. Every rank
-    then eigendecomposes the same matrices: the same bases everywhere.
+    then eigendecomposes the same matrices: the same bases everywhere. The third value is the
+    bytes of that one all-reduced buffer (0 on a single process).
     """
     ranks = world_size()
     if not factors or ranks == 1:
-        return factors, batch_sizes
+        return factors, batch_sizes, 0
     flat = torch.cat([f.reshape(-1) / ranks for f in factors]
                      + [torch.tensor(batch_sizes, dtype=factors[0].dtype, device=factors[0].device)])
     torch.distributed.all_reduce(flat)
@@ -348,7 +375,7 @@ def _average_across_ranks(factors: list[torch.Tensor], batch_sizes: list[int]) -
     for f in factors:
         out.append(flat[at:at + f.numel()].reshape(f.shape))
         at += f.numel()
-    return out, [int(round(b)) for b in flat[at:].tolist()]
+    return out, [int(round(b)) for b in flat[at:].tolist()], flat.numel() * flat.element_size()
 
 
 def _scalar(value):
