@@ -44,6 +44,12 @@ def _rows(run):
     return [int(r["iteration"]) for r in RunDir(run).read_metrics()]
 
 
+def _wait_for_rows(run, n, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline and len(_rows(run) if (run / "metrics.csv").exists() else []) < n:
+        time.sleep(0.05)
+
+
 def test_default_run_directories_started_in_the_same_second_differ():
     s = dict(task="image", dataset="digits", optimizer="snopt")
     names = {default_run_dir(s) for _ in range(20)}
@@ -65,9 +71,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start_and_end
     assert _train("--iterations", "6", "--run-dir", str(tmp_path / "straight")) == 0
     run = tmp_path / "r"
     proc = _process("--iterations", "6", "--checkpoint-every", "1000", "--run-dir", str(run))
-    deadline = time.time() + 60
-    while time.time() < deadline and len(_rows(run) if (run / "metrics.csv").exists() else []) < 2:
-        time.sleep(0.05)
+    _wait_for_rows(run, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "checkpoint.pt").exists() and (run / "config.json").exists()
@@ -211,9 +215,7 @@ def test_a_last_row_cut_short_by_a_kill_is_dropped(tmp_path):
 def test_sigterm_exits_143_and_the_summary_says_why(tmp_path):
     run = tmp_path / "r"
     proc = _process("--iterations", "100000", "--checkpoint-every", "100000", "--run-dir", str(run))
-    deadline = time.time() + 60
-    while time.time() < deadline and len(_rows(run) if (run / "metrics.csv").exists() else []) < 2:
-        time.sleep(0.05)
+    _wait_for_rows(run, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in err
