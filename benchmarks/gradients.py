@@ -94,13 +94,9 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
-import datetime
 import gc
-import hashlib
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -112,8 +108,9 @@ import torch
 from torch import nn
 
 import nodeopt
+from nodeopt.nn import MLPField
 
-from .machine import cpu_name
+from .common import ROOT, Counted, describe, environment, gc_paused, interleaved, median, ratios, source_hash
 
 try:
     import torchdiffeq
@@ -266,76 +263,36 @@ def workload(name: str, quick: bool) -> Workload:
 # ---- the vector fields ---------------------------------------------------------------
 
 
-class MLPField(nn.Module):
-    """CNF-like field: ``scale * MLP([y, t]) - decay * y``, the MLP with three hidden layers (tanh).
+class Scaled(nn.Module):
+    """``field(t, y) - decay * y``, the field's last layer multiplied by ``scale`` at initialisation."""
 
-    The scale is folded into the last layer's initial weights and bias, so the
-    parameters are the MLP's and the field is ``MLP([y, t]) - decay * y``.
-    """
-
-    def __init__(self, dim: int, width: int, scale: float, decay: float):
+    def __init__(self, field: nn.Module, scale: float, decay: float):
         super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(dim + 1, width), nn.Linear(width, width), nn.Linear(width, width),
-                                     nn.Linear(width, dim)])
+        self.field, self.decay = field, decay
         with torch.no_grad():
-            for p in self.layers[-1].parameters():
+            for p in [m for m in field.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1].parameters():
                 p.mul_(scale)
-        self.decay = decay
 
     def forward(self, t, y):
-        h = torch.cat([y, t.to(y.dtype).expand(y.shape[0], 1)], dim=1)
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < len(self.layers) - 1:
-                h = torch.tanh(h)
+        h = self.field(t, y)
         return h - self.decay * y if self.decay else h
 
 
 class ConvField(nn.Module):
-    """Conv field on images: ``conv3x3([y, t]) -> tanh -> conv3x3([h, t])``."""
+    """Conv field on images: ``conv3x3([y, t]) -> tanh -> conv3x3([h, t])``.
 
-    def __init__(self, channels: int, hidden: int, scale: float, decay: float):
+    (Not the library's ``ConcatConv2d`` pair: that expands ``t`` once per convolution, which
+    reorders torchdiffeq's adjoint sums for ``dL/dt`` and so changes its backward steps.)
+    """
+
+    def __init__(self, channels: int, hidden: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels + 1, hidden, 3, padding=1)
         self.conv2 = nn.Conv2d(hidden + 1, channels, 3, padding=1)
-        with torch.no_grad():
-            for p in self.conv2.parameters():
-                p.mul_(scale)
-        self.decay = decay
 
     def forward(self, t, y):
         tt = t.to(y.dtype).expand(y.shape[0], 1, y.shape[2], y.shape[3])
-        h = torch.tanh(self.conv1(torch.cat([y, tt], dim=1)))
-        h = self.conv2(torch.cat([h, tt], dim=1))
-        return h - self.decay * y if self.decay else h
-
-
-class Counted(nn.Module):
-    """The field, counting its calls per phase and the VJPs taken through it (when ``counting``)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.counting = False
-        self.phase = "fwd"
-        self.reset()
-
-    def reset(self) -> None:
-        self.calls = {"fwd": 0, "bwd": 0}
-        self.graph_calls = {"fwd": 0, "bwd": 0}
-        self.vjps = 0
-
-    def _hook(self, grad):
-        self.vjps += 1
-
-    def forward(self, t, y):
-        out = self.inner(t, y)
-        if self.counting:
-            self.calls[self.phase] += 1
-            if out.requires_grad:
-                self.graph_calls[self.phase] += 1
-                out.register_hook(self._hook)
-        return out
+        return self.conv2(torch.cat([torch.tanh(self.conv1(torch.cat([y, tt], dim=1))), tt], dim=1))
 
 
 @dataclass
@@ -351,15 +308,15 @@ class Case:
 def make_case(wl: Workload) -> Case:
     torch.manual_seed(0)
     if wl.kind == "mlp":
-        inner = MLPField(wl.dim, wl.width, wl.scale, wl.decay)
+        inner = Scaled(MLPField(wl.dim, wl.width, layers=4), wl.scale, wl.decay)  # MLP([y, t]), 3 hidden layers
         y0 = torch.randn(wl.batch, wl.dim)
     else:
-        inner = ConvField(wl.channels, wl.hidden, wl.scale, wl.decay)
+        inner = Scaled(ConvField(wl.channels, wl.hidden), wl.scale, wl.decay)
         y0 = torch.randn(wl.batch, wl.channels, wl.size, wl.size)
     v = torch.randn_like(y0)
     if wl.compiled:
         inner = torch.compile(inner)
-    func = Counted(inner)
+    func = Counted(inner, counting=False)
     y0.requires_grad_(True)
     t = torch.tensor([0.0, wl.t_end])
     return Case(wl, func, y0, t, v, [p for p in func.parameters()])
@@ -381,9 +338,7 @@ def forward_backward(case: Case, method: Method, count: bool = False) -> dict:
     f.phase = "fwd"
     f.reset()
     stats = None
-    gc.collect()
-    gc.disable()
-    try:
+    with gc_paused():
         start = time.perf_counter()
         if method.lib == "nodeopt":
             sol = nodeopt.solve(f, case.y0, case.t, rtol=wl.tol, atol=wl.tol, method="dopri5",
@@ -398,9 +353,7 @@ def forward_backward(case: Case, method: Method, count: bool = False) -> dict:
         f.phase = "bwd"
         loss.backward()
         elapsed = time.perf_counter() - start
-    finally:
-        gc.enable()
-        f.counting = False
+    f.counting = False
     counted = {"nfe_fwd": f.calls["fwd"], "nfe_bwd": f.calls["bwd"] - f.graph_calls["bwd"], "nvjp_bwd": f.vjps,
                "graph_calls_fwd": f.graph_calls["fwd"], "graph_calls_bwd": f.graph_calls["bwd"]}
     out = {"time": elapsed, "counted": counted}
@@ -448,26 +401,6 @@ def reference_gradient(case: Case, tols) -> dict:
 # ---- memory: a fresh subprocess per method --------------------------------------------
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def code_version() -> dict:
-    """The commit, whether nodeopt/ differs from it, and a hash of the nodeopt sources this process sees."""
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "nodeopt").rglob("*.py")):
-        h.update(str(path.relative_to(ROOT)).encode())
-        h.update(path.read_bytes())
-    out = {"nodeopt_sha256": h.hexdigest()[:16], "commit": None, "nodeopt_modified": None}
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "nodeopt"], cwd=ROOT, capture_output=True)
-        out["commit"] = rev.stdout.strip() or None
-        out["nodeopt_modified"] = {0: False, 1: True}.get(diff.returncode)
-    except OSError:
-        pass
-    return out
-
-
 def _status_kb(key: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -511,7 +444,7 @@ def child(workload_name: str, method_key: str, quick: bool) -> int:
     print("RESULT " + json.dumps({"rss_before_trim_kb": rss_before_trim, "baseline_kb": baseline,
                                   "hwm_after_reset_kb": hwm_reset, "hwm_kb": hwm,
                                   "peak_mb": (hwm - baseline) / 1024.0, "time": run["time"],
-                                  "nodeopt_sha256": code_version()["nodeopt_sha256"]}), flush=True)
+                                  "nodeopt_sha256": source_hash()}), flush=True)
     return 0
 
 
@@ -537,14 +470,26 @@ def methods_for(wl: Workload) -> list[Method]:
 
 
 def one_use_bytes(case: Case) -> int:
-    """One network use of the workload's field, as Exact measures it (bytes autograd saves in one evaluation)."""
-    from nodeopt.gradients.exact import StepCosts
-    from nodeopt.solvers.problem import make_problem
-    problem = make_problem(case.func, case.y0.detach(), case.t, case.wl.tol, case.wl.tol, "dopri5", None)
-    return StepCosts.measure(problem, tuple(case.params)).use
+    """One network use of the workload's field, counted as Exact counts it: the bytes autograd saves
+    in one evaluation at ``y0``, each storage once, parameters and buffers left out."""
+    def key(x: torch.Tensor):
+        return str(x.untyped_storage().device), x.untyped_storage().data_ptr()
+
+    skip = {key(p) for p in [*case.params, *case.func.parameters(), *case.func.buffers()]}
+    saved: dict = {}
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        if key(x) not in skip:
+            saved[key(x)] = x.untyped_storage().nbytes()
+        return x
+
+    y = case.y0.detach().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        case.func(case.t[0].double(), y)
+    return sum(saved.values())
 
 
-def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, log, code: dict) -> dict:
+def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, log, sources: str) -> dict:
     wl = workload(name, quick)
     repeats = wl.repeats if repeats is None else repeats
     case = make_case(wl)
@@ -606,18 +551,14 @@ def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, l
         p.grad = None
 
     # Timing: rounds, every method once per round, order rotated.
-    samples: dict[str, list[float]] = {m.key: [] for m in methods}
-    for r in range(repeats):
-        k = r % len(methods)
-        order = methods[k:] + methods[:k]
-        for m in order:
-            samples[m.key].append(forward_backward(case, m)["time"])
-        log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{m.key} {samples[m.key][-1]:.2f}" for m in methods))
+    samples = interleaved({m.key: (lambda m=m: forward_backward(case, m)["time"]) for m in methods}, repeats,
+                          order="rotate", measure=lambda fn: fn(),  # forward_backward times itself
+                          after_round=lambda r, s: log(f"  round {r + 1}/{repeats}: "
+                                                       + ", ".join(f"{k} {v[-1]:.2f}" for k, v in s.items())))
     for m in methods:
-        ts = samples[m.key]
-        res[m.key]["times"] = ts
-        res[m.key]["time"] = statistics.median(ts)
-        res[m.key]["time_ratio"] = statistics.median(a / b for a, b in zip(ts, samples["backprop"]))
+        res[m.key]["times"] = samples[m.key]
+        res[m.key]["time"] = median(samples[m.key])
+        res[m.key]["time_ratio"] = median(ratios(samples, m.key, "backprop"))
     case.y0.grad = None
     for p in case.params:
         p.grad = None
@@ -626,9 +567,9 @@ def run_workload(name: str, quick: bool, repeats: Optional[int], memory: bool, l
     if memory:
         for m in methods:
             mem = backprop_memory if m.key == "backprop" and backprop_memory else measure_memory(name, m.key, quick)
-            if mem.get("nodeopt_sha256") != code["nodeopt_sha256"]:
+            if mem.get("nodeopt_sha256") != sources:
                 log(f"  WARNING: the memory child for {m.key} saw other nodeopt sources "
-                    f"({mem.get('nodeopt_sha256')} != {code['nodeopt_sha256']}): nodeopt changed during the run")
+                    f"({mem.get('nodeopt_sha256')} != {sources}): nodeopt changed during the run")
             res[m.key]["memory"] = mem
             log(f"  memory {m.label}: {mem['peak_mb']:.1f} MB above a baseline of {mem['baseline_kb'] / 1024:.0f} MB")
         ref_mb = res["backprop"]["memory"]["peak_mb"]
@@ -658,7 +599,7 @@ def sweep_summary(case: Case, res: dict, sweep: list) -> dict:
                 and res[k]["memory"]["peak_mb"] * 2 ** 20 <= budget]
         fastest = min(fits, key=lambda k: res[k]["time"]) if fits else None
         # Exact against it in the same rounds: the median of the per-round ratios (robust to a shared machine).
-        paired = statistics.median(a / b for a, b in zip(e["times"], res[fastest]["times"])) if fastest else None
+        paired = median(a / b for a, b in zip(e["times"], res[fastest]["times"])) if fastest else None
         rows.append({"fraction": frac, "budget_bytes": budget, "key": m.key, "strategy": e["stats"]["strategy"],
                      "estimated_peak_bytes": e["stats"]["estimated_peak_bytes"], "peak_bytes": peak,
                      "time": e["time"], "time_ratio": e["time_ratio"], "fits": fits, "fastest_fit": fastest,
@@ -674,7 +615,7 @@ def remeasure_memory(name: str, result: dict, quick: bool, log, env: dict) -> No
         if "failed" in e:
             continue
         mem = measure_memory(name, key, quick)
-        if mem.get("nodeopt_sha256") != env["code"]["nodeopt_sha256"]:
+        if mem.get("nodeopt_sha256") != env["nodeopt_sha256"]:
             log(f"  WARNING: the memory child for {key} saw other nodeopt sources")
         e["memory"] = mem
         log(f"  memory {e['label']}: {mem['peak_mb']:.1f} MB above a baseline of {mem['baseline_kb'] / 1024:.0f} MB")
@@ -820,15 +761,6 @@ def check_targets(results: dict) -> list[str]:
     return out
 
 
-def environment() -> dict:
-    cpu = cpu_name()
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torchdiffeq": getattr(torchdiffeq, "__version__", None), "nodeopt": nodeopt.__version__,
-            "cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "code": code_version(),
-            "command": " ".join(["python", "-m", "benchmarks.gradients"] + sys.argv[1:])}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gradients", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small workloads, one timing round")
@@ -855,11 +787,8 @@ def main(argv=None) -> int:
     out_path = Path(args.out or ("benchmarks/out/gradients-quick.json" if args.quick
                                  else "benchmarks/out/gradients.json"))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    env = environment()
-    print(f"# Gradient methods ({env['date']}; torch {env['torch']}, torchdiffeq {env['torchdiffeq']}, "
-          f"{env['cpu_count']} CPUs ({env['cpu']}), torch threads 1; nodeopt at {env['code']['commit']}"
-          f"{' + local changes' if env['code']['nodeopt_modified'] else ''}, sources {env['code']['nodeopt_sha256']})",
-          flush=True)
+    env = environment("gradients", argv)
+    print(f"# Gradient methods ({describe(env)})", flush=True)
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     if args.append and out_path.exists():
@@ -881,7 +810,7 @@ def main(argv=None) -> int:
             remeasure_memory(name, results[name], args.quick, log, env)
             out_path.write_text(json.dumps(doc, indent=1))
     for name in [] if args.memory_only else names:
-        results[name] = run_workload(name, args.quick, args.repeats, not args.no_memory, log, env["code"])
+        results[name] = run_workload(name, args.quick, args.repeats, not args.no_memory, log, env["nodeopt_sha256"])
         results[name]["environment"] = env
         out_path.write_text(json.dumps(doc, indent=1))
     targets = check_targets(results)

@@ -7,15 +7,17 @@ Run from the repository root::
 
 Options: ``--seeds 0,1,2,3,4``, ``--workers 2`` (processes, one thread each),
 ``--out PATH`` (JSON, default ``benchmarks/out/snopt_stability.json``; finished
-runs are kept there and skipped when the command is run again, so an
-interrupted sweep resumes), ``--report`` (only summarise the JSON).
+runs are kept there, with the task they ran on, and skipped when the command is run
+again on the same task, so an interrupted sweep resumes), ``--report`` (only
+summarise the JSON).
 
 The task is the optimizer benchmark's ``digits`` (``benchmarks/optimizers.py``:
-scikit-learn's digits, 1437/360 stratified split, batch 64, a conv ODE
-classifier through dopri5 at rtol = atol = 1e-3), trained for a fixed number of
-iterations with the test accuracy evaluated after every iteration (evaluation
-excluded from the training clock). Runs, each on ``gradient="symplectic"`` and
-``"adjoint"``, seeds 0-4:
+``nodeopt.tasks``' image task on scikit-learn's digits, 1437/360 stratified split,
+batch 64, the library's ConvODENet at width 32 through dopri5 at rtol = atol = 1e-3;
+before the benchmarks moved onto the library, a conv ODE of their own), trained by
+:class:`nodeopt.tasks.Trainer` for a fixed number of iterations with the test
+accuracy evaluated after every iteration (evaluation excluded from the training
+clock). Runs, each on ``gradient="symplectic"`` and ``"adjoint"``, seeds 0-4:
 
 * ``snopt``: ``SNOpt(model, eps=0.05, update_freq=F, full_precond=True, lr=lr)``
   with every other setting at the library default (Levenberg-Marquardt damping,
@@ -27,28 +29,28 @@ excluded from the training clock). Runs, each on ``gradient="symplectic"`` and
 * ``sgd``: ``SGD(lr, momentum=0.9)`` at the same learning rates.
 * ``adam``: ``Adam(lr)``, lr in {1e-3, 3e-3, 1e-2}.
 
-A run has diverged when its loss is NaN or more than 10x its first loss, or the
-solver fails. Backward NFE is every evaluation the backward pass makes
-(``nfe_backward + nvjp_backward`` of the ODE block's statistics).
+A run has diverged when the Trainer stops it as diverged (``diverge_factor=10``: its
+loss is NaN or more than 10x its first loss + 1), or the solver fails. Backward NFE is
+every evaluation the backward pass makes (the Trainer's ``nfe_backward``:
+``nfe_backward + nvjp_backward`` of the ODE block's statistics); the damping ``γ`` of
+every step is recorded too.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
 import os
-import platform
-import statistics
-import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from .machine import cpu_name
+from nodeopt.optim import SNOpt
+from nodeopt.tasks import make_optimizers
+
+from .common import diffs, environment, median
+from .optimizers import Setup, run
 
 LRS = (0.01, 0.02, 0.05, 0.1)
 FREQS = (20, 100)
@@ -56,7 +58,6 @@ ADAM_LRS = (1e-3, 3e-3, 1e-2)
 GRADIENTS = ("symplectic", "adjoint")
 MOMENTUM, EPS = 0.9, 0.05
 TARGETS = (0.85, 0.90)
-DIVERGE_FACTOR = 10.0
 ITERATIONS = {"adam": 300, "default": 200}
 QUICK = dict(lrs=(0.02,), freqs=(100,), adam_lrs=(1e-3,), gradients=("symplectic",), iterations=12, seeds=[0])
 
@@ -80,53 +81,22 @@ def configs(seeds, quick: bool) -> list[dict]:
 
 
 def train(cfg: dict) -> dict:
-    """One run (in a worker process): losses, clocks, NFE and the test accuracy after every iteration."""
+    """One run (in a worker process): losses, clocks, NFE, damping and the test accuracy after every iteration."""
     torch.set_num_threads(1)
-    from nodeopt.optim import SNOpt
-
-    from .optimizers import Digits, batch_stream, one_iteration
-
-    task = Digits(quick=False)
+    setup = Setup.load("digits", quick=False)
     torch.manual_seed(cfg["seed"])
-    model = task.make_model(cfg["gradient"])
-    block = task.block(model)
-    stream = batch_stream(task.n_train, task.batch, torch.Generator().manual_seed(1000 + cfg["seed"]))
+    model = setup.make_model(cfg["gradient"])
     lr, opt = cfg["lr"], cfg["opt"]
     precond = None
     if opt.startswith("snopt"):
         guard = {} if opt == "snopt" else dict(adaptive_damping=False, early_refresh=False)
         precond = SNOpt(model, eps=EPS, update_freq=cfg["update_freq"], full_precond=True, lr=lr, **guard)
-    optimizer = (torch.optim.Adam(model.parameters(), lr=lr) if opt == "adam"
-                 else torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM))
-    rec = dict(cfg, loss=[], train_s=[], nfe_forward=[], nfe_backward=[], accuracy=[], damping=[],
-               diverged=False, reason=None)
-    clock, first = 0.0, None
-    for it in range(cfg["iterations"]):
-        idx = next(stream)
-        t0 = time.perf_counter()
-        try:
-            value = one_iteration(task, model, idx, precond, optimizer)
-        except RuntimeError as exc:  # the solver gave up: a blown-up field
-            rec["diverged"], rec["reason"] = True, f"iteration {it}: {str(exc).splitlines()[0][:120]}"
-            break
-        clock += time.perf_counter() - t0
-        stats = block.stats
-        rec["loss"].append(value)
-        rec["train_s"].append(clock)
-        rec["nfe_forward"].append(stats.nfe)
-        rec["nfe_backward"].append(stats.nfe_backward + stats.nvjp_backward)
-        rec["damping"].append(None if precond is None else precond.damping_factor)
-        first = value if first is None else first
-        if not math.isfinite(value) or value > DIVERGE_FACTOR * first:
-            rec["diverged"], rec["reason"] = True, f"iteration {it}: loss {value:.4g} (first {first:.4g})"
-            break
-        try:
-            rec["accuracy"].append(task.evaluate(model))
-        except RuntimeError:
-            rec["accuracy"].append(float("nan"))
-    if precond is not None:
-        rec["refreshes"] = precond.refreshes
-    return rec
+    (optimizer,), _ = make_optimizers("adam" if opt == "adam" else "sgd", model, lr=lr, momentum=MOMENTUM)
+    r = run(setup.task, model, optimizer, precond, batch=setup.batch, seed=cfg["seed"],
+            iterations=cfg["iterations"], eval_every=1)
+    return dict(cfg, loss=r["loss"], train_s=r["wall"], nfe_forward=r["nfe"], nfe_backward=r["nfe_backward"],
+                accuracy=[e[3] for e in r["evals"][1:]], damping=r["damping"] or [None] * len(r["loss"]),
+                diverged=r["diverged"], reason=r["reason"], **({"refreshes": precond.refreshes} if precond else {}))
 
 
 def first_reaching(rec: dict, target: float):
@@ -148,9 +118,9 @@ def summarise(runs: list[dict], seeds) -> dict:
         row = dict(opt=opt, lr=lr, update_freq=freq, gradient=gradient, seeds=[r["seed"] for r in rs],
                    diverged=[r["seed"] for r in rs if r["diverged"]], reasons=[r["reason"] for r in rs if r["diverged"]],
                    final_accuracy=[r["accuracy"][-1] if r["accuracy"] else float("nan") for r in rs],
-                   median_nfe_forward=_median([x for r in rs for x in r["nfe_forward"]]),
-                   median_nfe_backward=_median([x for r in rs for x in r["nfe_backward"]]),
-                   median_iteration_s=_median([b - a for r in rs for a, b in zip([0.0] + r["train_s"], r["train_s"])]),
+                   median_nfe_forward=median([x for r in rs for x in r["nfe_forward"]]),
+                   median_nfe_backward=median([x for r in rs for x in r["nfe_backward"]]),
+                   median_iteration_s=median([d for r in rs for d in diffs(r["train_s"])]),
                    final_damping=[r["damping"][-1] if r["damping"] and r["damping"][-1] is not None else None
                                   for r in rs])
         for target in TARGETS:
@@ -179,7 +149,7 @@ def goals(table: dict, seeds) -> dict:
         # 2. SNOpt to 90 % in <= 0.5x the iterations of the best Adam, on every seed
         adams = [r for r in rows.values() if r["opt"] == "adam"]
         best_adam = min(adams, key=lambda r: (sum(i is None for i in r["iters_0.9"]),
-                                              _median([i for i in r["iters_0.9"] if i is not None]))) if adams else None
+                                              median([i for i in r["iters_0.9"] if i is not None]))) if adams else None
         snopts = [r for r in rows.values() if r["opt"] == "snopt"]
         per_config = {}
         if best_adam:
@@ -197,11 +167,6 @@ def goals(table: dict, seeds) -> dict:
     return out
 
 
-def _median(xs):
-    xs = [x for x in xs if x is not None and isinstance(x, (int, float)) and math.isfinite(x)]
-    return statistics.median(xs) if xs else float("nan")
-
-
 def markdown(summary: dict) -> str:
     lines = ["| run | gradient | diverged (seeds) | final acc. (median) | iters to 85 % | iters to 90 % | "
              "s to 90 % | NFE fwd / bwd (median) | ms / iter |", "|" + "---|" * 9]
@@ -209,7 +174,7 @@ def markdown(summary: dict) -> str:
         name = f"{r['opt']} lr {r['lr']:g}" + (f" f {r['update_freq']}" if r["update_freq"] else "")
         lines.append(
             f"| {name} | {r['gradient']} | {len(r['diverged'])}/{len(r['seeds'])} {r['diverged'] or ''} | "
-            f"{_median(r['final_accuracy']):.3f} | {_fmt(r['iters_0.85'])} | {_fmt(r['iters_0.9'])} | "
+            f"{median(r['final_accuracy']):.3f} | {_fmt(r['iters_0.85'])} | {_fmt(r['iters_0.9'])} | "
             f"{_fmt(r['seconds_0.9'])} | {r['median_nfe_forward']:g} / {r['median_nfe_backward']:g} | "
             f"{1e3 * r['median_iteration_s']:.0f} |")
     return "\n".join(lines)
@@ -230,30 +195,31 @@ def main(argv=None) -> None:
     seeds = QUICK["seeds"] if args.quick else [int(s) for s in args.seeds.split(",")]
     out = Path(args.out or f"benchmarks/out/snopt_stability{'-quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = json.loads(out.read_text())["runs"] if out.exists() else {}
+    task = json.loads(json.dumps(Setup.load("digits", quick=False).describe()))
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    done = stored["runs"] if stored.get("task") == task else {}  # runs of another task or model do not count
     todo = [c for c in configs(seeds, args.quick) if c["key"] not in done]
     if not args.report and todo:
         print(f"{len(todo)} runs to do ({len(done)} done) with {args.workers} workers", flush=True)
         with ProcessPoolExecutor(args.workers) as pool:
             for rec in pool.map(train, todo):
                 done[rec["key"]] = rec
-                _write(out, done)
+                _write(out, dict(task=task, runs=done))
                 hit = first_reaching(rec, 0.9)
                 print(f"  {rec['key']:45s} {'DIVERGED ' + rec['reason'] if rec['diverged'] else 'ok'}; "
                       f"90 % at {hit[0] if hit else '–'}; final acc {rec['accuracy'][-1] if rec['accuracy'] else 0:.3f}",
                       flush=True)
     wanted = {c["key"] for c in configs(seeds, args.quick)}
     summary = summarise([r for k, r in done.items() if k in wanted], seeds)
-    meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), cpu=cpu_name(), torch=torch.__version__,
-                python=platform.python_version(), workers=args.workers, command=" ".join(sys.argv))
+    meta = dict(environment("snopt_stability", argv), workers=args.workers)
     (out.with_suffix(".summary.json")).write_text(json.dumps(dict(meta=meta, **summary), indent=1))
     print(markdown(summary))
     print(json.dumps(summary["goals"], indent=1))
 
 
-def _write(path: Path, runs: dict) -> None:
+def _write(path: Path, value: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(runs=runs)))
+    tmp.write_text(json.dumps(value))
     os.replace(tmp, path)
 
 

@@ -39,15 +39,8 @@ Everything printed is also written to the JSON file, with the raw samples.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
 import json
 import math
-import os
-import platform
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -56,6 +49,8 @@ import torch
 from torch import nn
 
 import nodeopt
+
+from .common import Counted, describe, environment, interleaved, median, quartiles, ratios, timed
 
 try:
     import torchdiffeq
@@ -86,70 +81,7 @@ MLP_TOL = 1e-6
 GOAL_RATIO = 0.7
 
 
-# ---- timing -----------------------------------------------------------------------
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    """Wall time of one call, with the garbage collector out of the way."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Time every function once per round, ``repeats`` rounds after ``warmup`` untimed ones.
-
-    The order within a round alternates (A B C, C B A, ...) so that slow drift
-    of a shared machine falls on every function alike.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            samples[name].append(_timed(fns[name]))
-    return samples
-
-
-def median(xs) -> float:
-    return float(statistics.median(xs))
-
-
 # ---- counting wrappers -----------------------------------------------------------------
-
-
-class Counted:
-    """``func`` that counts its evaluations."""
-
-    def __init__(self, func: Callable):
-        self.func = func
-        self.nfe = 0
-
-    def __call__(self, t, y):
-        self.nfe += 1
-        return self.func(t, y)
-
-
-class CountedSteps(Counted):
-    """Also counts torchdiffeq's accepted and rejected steps (its adaptive solvers' callbacks)."""
-
-    def __init__(self, func: Callable):
-        super().__init__(func)
-        self.accepted = 0
-        self.rejected = 0
-
-    def callback_accept_step(self, t0, y0, dt):
-        self.accepted += 1
-
-    def callback_reject_step(self, t0, y0, dt):
-        self.rejected += 1
 
 
 class TimedCalls:
@@ -171,7 +103,7 @@ FIXED_TD_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
 
 def _torchdiffeq_counts(func, y0, t, **kwargs) -> tuple[torch.Tensor, dict]:
     fixed = kwargs.get("method") in FIXED_TD_METHODS
-    counted = Counted(func) if fixed else CountedSteps(func)
+    counted = Counted(func)
     ys = torchdiffeq.odeint(counted, y0, t, **kwargs)
     if fixed:
         # Fixed-grid solvers take no step callbacks: the grid gives the step count.
@@ -246,9 +178,8 @@ def bench_methods(quick: bool) -> list[dict]:
             td_opts = {"step_size": value}
 
         # Counts and errors (one untimed solve each).
-        counted = Counted(field)
         try:
-            sol = nodeopt.solve(counted, y0, t, options=no_opts, **kwargs)
+            sol = nodeopt.solve(field, y0, t, options=no_opts, **kwargs)
         except RuntimeError as exc:
             row["nodeopt"] = {"failed": str(exc)}
         else:
@@ -274,7 +205,7 @@ def bench_methods(quick: bool) -> list[dict]:
         if "torchdiffeq" in row and "failed" not in row["torchdiffeq"]:
             fns["torchdiffeq"] = lambda: torchdiffeq.odeint(field, y0, t, options=td_opts, **td_kwargs)
         if fns:
-            first = max(_timed(fn) for fn in fns.values())
+            first = max(timed(fn) for fn in fns.values())
             reps = _repeats_for(first, budget, lo, hi)
             samples = interleaved(fns, repeats=reps, warmup=0)
             for lib, xs in samples.items():
@@ -376,16 +307,16 @@ def _attempts(c: dict) -> int:
 
 def _in_solve_overhead(field, y0, t, tol, counts, repeats: int, grad: bool) -> dict:
     """Loop overhead measured inside each solve: total time minus the time spent in ``func``."""
-    timed = TimedCalls(field)
-    runs = _solvers(timed, y0, t, tol)
-    out = {lib: [] for lib in runs}
+    wrapped = TimedCalls(field)
+    runs = _solvers(wrapped, y0, t, tol)
     ctx = torch.enable_grad if grad else torch.no_grad
-    for r in range(repeats):
-        for lib in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            timed.inside = 0.0
-            with ctx():
-                total = _timed(lambda: runs[lib](timed))
-            out[lib].append(total - timed.inside)
+
+    def outside(fn) -> float:  # the solve's time less the time inside func
+        wrapped.inside = 0.0
+        with ctx():
+            return timed(lambda: fn(wrapped)) - wrapped.inside
+
+    out = interleaved(runs, repeats, measure=outside)
     return {lib: {"overhead_s": median(xs), "overhead_per_step_s": median(xs) / _attempts(counts[lib]),
                   "samples_s": xs} for lib, xs in out.items()}
 
@@ -442,10 +373,9 @@ def bench_overhead(quick: bool) -> dict:
     results = {}
     for mode, (fa, fb, ff) in modes.items():
         samples = interleaved({"nodeopt": fa, "torchdiffeq": fb, "function": ff}, repeats=repeats, warmup=warmup)
-        ratios = [a / b for a, b in zip(samples["nodeopt"], samples["torchdiffeq"])]
+        pairs = ratios(samples, "nodeopt", "torchdiffeq")
         per_eval = median(samples["function"]) / n_eval
-        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-        entry = {"ratio_median_of_pairs": median(ratios), "ratio_quartiles": [q1, q3],
+        entry = {"ratio_median_of_pairs": median(pairs), "ratio_quartiles": quartiles(pairs),
                  "ratio_of_medians": median(samples["nodeopt"]) / median(samples["torchdiffeq"]),
                  "function_time_per_eval_s": per_eval, "samples_s": samples}
         for lib in ("nodeopt", "torchdiffeq"):
@@ -524,27 +454,6 @@ def overhead_markdown(res: dict) -> str:
 # ---- driver -------------------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> Optional[str]:
-    """Read-only git queries (which code was measured); None outside a checkout."""
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent.parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def environment(threads: int) -> dict:
-    commit = _git("rev-parse", "--short", "HEAD")
-    dirty = _git("status", "--porcelain", "--", "nodeopt")
-    return {"git_commit": commit, "nodeopt_uncommitted_changes": bool(dirty) if dirty is not None else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python -m benchmarks.solvers " + " ".join(sys.argv[1:]),
-            "python": platform.python_version(), "torch": torch.__version__, "nodeopt": nodeopt.__version__,
-            "torchdiffeq": getattr(torchdiffeq, "__version__", None), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.solvers", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke mode: fewer settings and repeats")
@@ -554,11 +463,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    env = environment(args.threads)
-    print(f"nodeopt {env['nodeopt']} (commit {env['git_commit']}"
-          f"{', nodeopt/ modified' if env['nodeopt_uncommitted_changes'] else ''}) vs torchdiffeq "
-          f"{env['torchdiffeq']}; torch {env['torch']}, "
-          f"{env['cpu_count']} CPUs, torch threads {args.threads}{', quick mode' if args.quick else ''}", flush=True)
+    env = environment("solvers", argv)
+    print(describe(env) + (", quick mode" if args.quick else ""), flush=True)
     if torchdiffeq is None:
         print("  torchdiffeq is not installed: its columns stay empty and the overhead part is skipped")
     out = {"environment": env, "quick": args.quick}
