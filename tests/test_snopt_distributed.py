@@ -9,25 +9,16 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.common import free_port
+from helpers.common import TanhLinear, free_port
 from nodeopt.nn import ODEBlock
 from nodeopt.optim import SNOpt
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
 
 
-class Field(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    def forward(self, t, y):
-        return torch.tanh(self.lin(y))
-
-
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(ODEBlock(Field(), gradient="symplectic"), nn.Linear(3, 2)).double()
+    return nn.Sequential(ODEBlock(TanhLinear(), gradient="symplectic"), nn.Linear(3, 2)).double()
 
 
 def _data(rank):

@@ -11,25 +11,16 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.common import free_port
+from helpers.common import TanhLinear, free_port
 from nodeopt.nn import ODEBlock
 from nodeopt.optim import SNOpt, SNOptStats, kfac
 
 DT = torch.float64
 
 
-class Field(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    def forward(self, t, y):
-        return torch.tanh(self.lin(y))
-
-
 def _model(method="dopri5", options=None):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 3), ODEBlock(Field(), gradient="symplectic", method=method, options=options,
+    return nn.Sequential(nn.Linear(4, 3), ODEBlock(TanhLinear(), gradient="symplectic", method=method, options=options,
                                                    rtol=1e-6, atol=1e-6), nn.Linear(3, 2)).double()
 
 

@@ -1,4 +1,4 @@
-"""What several test files share: a small float64 vector field, fixed-step options, a free port."""
+"""What several test files share: small vector fields, fixed-step options, a free port."""
 
 import socket
 
@@ -22,6 +22,17 @@ class Field(nn.Module):
 
     def forward(self, t, y):
         return self.l2(torch.tanh(self.l1(torch.cat([y, t.expand(y.shape[0], 1)], dim=1))))
+
+
+class TanhLinear(nn.Module):
+    """``dy/dt = tanh(W y + b)`` on a 3-D state: one Linear layer inside an ODE, for SNOpt's tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, t, y):
+        return torch.tanh(self.lin(y))
 
 
 def step_options(method):
