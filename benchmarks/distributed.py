@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from collections import defaultdict
 import torch
 
 from nodeopt.tasks import RunDir
+
+from .common import median
 
 SETTINGS = {
     "1 process, 1 thread": dict(nproc=None, threads=1),
@@ -64,7 +65,7 @@ def speed(iterations: int, rounds: int) -> dict:
                                                                                    f"-{s['threads']}-{s['nproc']}"))
                 rates[name].append(summary["iterations"] / summary["train_seconds"])
                 print(f"round {r + 1}: {name}: {rates[name][-1]:.2f} it/s", flush=True)
-    return {name: dict(median=statistics.median(v), all=v) for name, v in rates.items()}
+    return {name: dict(median=median(v), all=v) for name, v in rates.items()}
 
 
 # ---- bytes: a 2-process gloo run in this machine ------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
 import time
 
@@ -30,6 +29,8 @@ import torch
 
 from nodeopt import data
 from nodeopt.tasks import Budget, RunDir, Trainer, make_optimizers, make_task
+
+from .common import median, quartiles
 
 
 def main(argv=None) -> None:
@@ -86,11 +87,11 @@ def main(argv=None) -> None:
     trainer.fit(Budget(total))
     ratios = [a / b for a, b in zip(loop_s, bare_s)]
     print(f"iterations per round: {args.block}, rounds: {rounds}")
-    print(f"nodeopt train loop: median {1e3 * statistics.median(loop_s):.1f} ms/iteration")
-    print(f"bare loop:          median {1e3 * statistics.median(bare_s):.1f} ms/iteration")
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    print(f"overhead: {100 * (statistics.median(ratios) - 1):+.2f} % (median of per-round ratios; "
-          f"quartiles {100 * (q[0] - 1):+.2f} %, {100 * (q[2] - 1):+.2f} %)")
+    print(f"nodeopt train loop: median {1e3 * median(loop_s):.1f} ms/iteration")
+    print(f"bare loop:          median {1e3 * median(bare_s):.1f} ms/iteration")
+    q1, q3 = quartiles(ratios)
+    print(f"overhead: {100 * (median(ratios) - 1):+.2f} % (median of per-round ratios; "
+          f"quartiles {100 * (q1 - 1):+.2f} %, {100 * (q3 - 1):+.2f} %)")
 
 
 if __name__ == "__main__":

@@ -42,17 +42,17 @@ from typing import Optional
 
 from .. import data
 from ..tasks import CheckpointError, RunDir, read_metrics
-from ..tasks.rundir import write_csv
+from ..tasks.rundir import FINISHED, write_csv
 from .defaults import DEFAULT_EPOCHS
 from .recipes import RECIPES, Recipe, settings_of
+from .train import EXIT_CODES
 
 FLAG_ONLY = ("seminorm",)  # store_true flags
 BUDGET = ("iterations", "epochs", "time_budget")  # may differ between the plan and a run it resumes
-FINISHED = ("budget", "time budget")
 # Outcomes that a resumed run would only repeat (it continues from the same checkpoint and seed): they are
 # reported, not retried. Other failures (a full disk, lost contact) and stop signals are resumed.
 FAILED = ("diverged", "solver failure")
-EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT = {signal.SIGINT: EXIT_CODES["SIGINT"], signal.SIGTERM: EXIT_CODES["SIGTERM"]}  # as nodeopt train
 SEED_FOLDER = re.compile(r"^(?P<run>.+)-seed(?P<seed>-?\d+)$")
 
 
@@ -522,6 +522,5 @@ def markdown(recipe: Recipe, table: list[dict]) -> str:
 
 
 def _write_table(parent: Path, table: list[dict], records: list[dict]) -> None:
-    parent.mkdir(parents=True, exist_ok=True)
     for name, rows in (("results.csv", table), ("results_per_seed.csv", records)):
         write_csv(parent / name, rows[0], rows)

@@ -28,6 +28,7 @@ from ..solvers.methods import METHODS
 from ..tasks import (Budget, CheckpointError, RunDir, RunDirBusy, Trainer, distributed, first_line, first_problem,
                      summarize, versions)
 from ..tasks import resume as resume_from_checkpoint
+from ..tasks import rundir
 from ..tasks.distributed import World
 from . import defaults, report
 from .build import as_flags, build
@@ -36,7 +37,6 @@ logger = logging.getLogger("nodeopt.train")
 
 #: The exit code of each way a run can end (any other failure: 1; bad flags, input or run directory: 2).
 EXIT_CODES = {"budget": 0, "time budget": 0, "diverged": 1, "SIGINT": 130, "SIGTERM": 143}
-FINISHED = ("budget", "time budget")
 EPILOG = """exit codes:
   0    the run finished (its iterations, epochs or time budget)
   1    it failed while training (diverged, solver failure, disk full, lost contact, an unexpected error)
@@ -409,7 +409,7 @@ def _resume(trainer: Trainer, run: RunDir, world: World, iterations: int) -> str
         except CheckpointError as err:
             problem = str(err)
     problem = first_problem(world, problem) or resume_from_checkpoint(trainer)
-    finished = (run.read_summary() or {}).get("stopped") in FINISHED if world.main else False
+    finished = (run.read_summary() or {}).get("stopped") in rundir.FINISHED if world.main else False
     # A run killed after its last checkpoint but before its summary finishes now, training nothing.
     if not problem and trainer.progress.iteration >= iterations and world.broadcast(finished):
         problem = (f"the run in {run.path} already has {trainer.progress.iteration} iterations; give a larger "

@@ -20,6 +20,7 @@ import torch
 
 from ..data.files import atomic_write
 from .rundir import CheckpointError, RunDir, read_metrics
+from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def _save(fig, path: Path) -> None:
 
 
 #: How each task's metric is compared, for metric names that a run directory does not qualify.
-_HIGHER_IS_BETTER = {"test accuracy": True, "test NLL (nats)": False}
+_HIGHER_IS_BETTER = {task.metric: task.higher_is_better for task in TASKS.values()}
 
 
 def run_metric(run) -> tuple[str, Optional[bool]]:

@@ -49,6 +49,8 @@ from ..version import __version__
 
 COLUMNS = ("iteration", "epoch", "train_seconds", "wall_seconds", "loss", "metric", "nfe_forward", "nfe_backward",
            "t1", "lr")
+#: The ``stopped`` values of a run that finished (its iterations, epochs or time budget); any other stopped early.
+FINISHED = ("budget", "time budget")
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.json", "metrics.csv", "checkpoint.pt", "summary.json", "run.lock"
 
 
