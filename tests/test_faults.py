@@ -283,3 +283,21 @@ def test_help_and_readme_document_the_exit_codes():
     for flag in ("--epochs", "--batch-size", "--eval-every", "--checkpoint-every", "--width"):
         section = out[out.index(f"\n  {flag} "):]
         assert "default" in section[:400], flag
+
+
+def test_importing_nodeopt_leaves_torch_for_later():
+    """So that the command line's Ctrl-C handling is in place before the slow import of torch."""
+    code = "import sys, nodeopt, nodeopt.cli; print('torch' in sys.modules); print(nodeopt.odeint.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "odeint"], out.stderr
+
+
+def test_ctrl_c_while_a_command_starts_is_one_line(monkeypatch, capsys):
+    import nodeopt.cli as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err == "nodeopt: interrupted before the command started\n"

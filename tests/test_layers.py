@@ -58,9 +58,8 @@ def _layer(module: str) -> float:
 
 
 def test_the_graph_was_read():
-    assert "nodeopt.cli.train" in GRAPH and "nodeopt.tasks.loop" in GRAPH["nodeopt.cli.build"] or \
-        "nodeopt.tasks" in GRAPH["nodeopt.cli.build"]
-    assert {"nodeopt.solvers", "nodeopt.gradients"} <= GRAPH["nodeopt"]
+    assert "nodeopt.tasks" in GRAPH["nodeopt.cli.build"] and "nodeopt.data.files" in GRAPH["nodeopt.tasks.rundir"]
+    assert {"nodeopt.solvers", "nodeopt.gradients"} <= GRAPH["nodeopt.nn.odeblock"]
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))

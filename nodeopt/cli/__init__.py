@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 COMMANDS = ("train", "reproduce", "plot", "bench")
@@ -12,9 +13,11 @@ def main(argv=None) -> int:
     try:
         return _dispatch(argv)
     except BrokenPipeError:  # e.g. `nodeopt reproduce --list | head`: the reader left, nothing went wrong
-        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C while the command was still importing torch: nothing had started
+        print("nodeopt: interrupted before the command started", file=sys.stderr)
+        return 130
 
 
 def _dispatch(argv) -> int:
