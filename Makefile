@@ -36,6 +36,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.snopt_stability
 	$(PY) -m benchmarks.train_loop
 	$(PY) -m benchmarks.distributed
+	$(PY) -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info

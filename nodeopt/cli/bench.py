@@ -6,7 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("solvers", "gradients", "optimizers", "snopt_stability", "train_loop")
+BENCHMARKS = ("solvers", "gradients", "optimizers", "snopt_stability", "train_loop", "distributed", "soak")
 
 
 def main(argv=None) -> int:
@@ -26,5 +26,4 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(root))
     module = importlib.import_module(f"benchmarks.{argv[0]}")
     sys.argv = [f"nodeopt bench {argv[0]}", *argv[1:]]
-    module.main(argv[1:])
-    return 0
+    return module.main(argv[1:]) or 0

@@ -259,7 +259,16 @@ def main(argv=None, prog: str = "nodeopt train") -> int:
 
 
 def _start_torchrun(nproc: int, argv: list) -> int:
-    """Replace this process by ``torchrun --standalone --nproc-per-node N -m nodeopt train ARGS``."""
+    """Run ``torchrun --standalone --nproc-per-node N -m nodeopt train ARGS`` in this process; its exit code.
+
+    torchrun's own launcher runs here, so that a failed process is reported once, by the process
+    itself (nodeopt train's one line), and not again as torchrun's ``ChildFailedError`` traceback:
+    this process exits with the code the training processes agreed on (the first failure's).
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
     rest, skip = [], False
     for arg in argv:
         if skip:
@@ -268,12 +277,17 @@ def _start_torchrun(nproc: int, argv: list) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "nodeopt", "train", *rest]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, command)
-    return 1  # not reached
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "nodeopt", "train",
+                                           *rest])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the processes report for themselves
+    try:
+        run(launch)
+    except ChildFailedError as err:
+        _, first = err.get_first_failure()
+        return first.exitcode if first.exitcode > 0 else 128 - first.exitcode  # killed by a signal: 128 + signal
+    except SignalException as err:  # the launcher itself was signalled; its processes were stopped
+        return 128 + err.sigval
+    return 0
 
 
 def _main(args, parser, world: World) -> int:
