@@ -9,7 +9,7 @@ Each run is a small ConvODENet on digits (width 4, rk4, batch 16, a checkpoint e
 so that kills land during checkpoint writes as well as between them). A run is started, then
 killed after a random delay with SIGKILL, SIGINT or SIGTERM (drawn at random; the first kill of
 some runs comes before the first checkpoint), then resumed with ``--resume``, again and again
-until it exits 0. Afterwards every run directory is checked: ``config.json`` reads, every
+until it exits 0 (or its summary says it finished: a kill can land after that). Afterwards every run directory is checked: ``config.json`` reads, every
 iteration is in ``metrics.csv`` exactly once, the checkpoint loads, and the final parameters equal
 those of one uninterrupted run of the same settings (bit for bit). Every stderr is searched for
 "Traceback". Two processes started at once on one directory: exactly one may train.
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from nodeopt.tasks import CheckpointError, RunDir
+from nodeopt.tasks.rundir import FINISHED
 
 ARGS = ["--task", "image", "--dataset", "digits", "--width", "4", "--batch-size", "16", "--method", "rk4",
         "--optimizer", "snopt", "--snopt-freq", "3", "--eval-every", "4", "--checkpoint-every", "1", "--quiet",
@@ -75,8 +76,9 @@ def soaked_run(run_dir: Path, iterations: int, rng: random.Random, max_delay: fl
         tracebacks += err.count("Traceback")
         if "Traceback" in err:
             seen.append(f"after {kills[-1] if kills else 'no kill'}: {err[err.index('Traceback'):][-600:]}")
-        if proc.returncode == 0:
-            break
+        summary = RunDir(run_dir).read_summary() or {}
+        if proc.returncode == 0 or (summary.get("stopped") in FINISHED and summary.get("iterations") == iterations):
+            break  # finished (a kill after the summary was written still leaves a finished run)
         if attempts > max_kills + 5:
             raise RuntimeError(f"{run_dir} did not finish after {attempts} attempts: {err[-2000:]}")
     return dict(kills=kills, attempts=attempts, tracebacks=tracebacks, seen=seen)

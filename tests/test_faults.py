@@ -301,3 +301,18 @@ def test_ctrl_c_while_a_command_starts_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_dispatch", interrupted)
     assert cli.main(["train"]) == 130
     assert capsys.readouterr().err == "nodeopt: interrupted before the command started\n"
+
+
+def test_a_full_disk_when_the_summary_is_written_says_how_to_finish(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+
+    def full(self, summary):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.file(RunDir.SUMMARY)))
+
+    monkeypatch.setattr(RunDir, "write_summary", full)
+    assert _train("--iterations", "2", "--run-dir", str(run)) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and f"run --resume {run} to write its summary" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet", "--no-plots"]) == 0  # killed after its last checkpoint
+    assert json.loads((run / "summary.json").read_text())["stopped"] == "budget"

@@ -399,14 +399,21 @@ def _train(run: RunDir, s: dict, resume: bool, progress: bool, plots: bool, worl
         return _failed(trainer, run, s, world, err, timeout)
     if shown is not None:
         shown.close()
+    code = EXIT_CODES.get(result.stopped, 0)
     if world.main:
         summary = summarize(trainer, optimizer=s["optimizer"], gradient=s["gradient"])
-        run.write_summary(summary)
-        if plots:
-            report.plots(run, task, model)
-        report.print_summary(summary, time.perf_counter() - t0)
+        try:
+            run.write_summary(summary)
+        except OSError as err:  # trained and checkpointed, but the summary did not fit on the disk
+            print(f"nodeopt train: {_path_problem(err, run, '--run-dir')}; the run's checkpoint is whole: free the "
+                  f"space and run --resume {run.path} to write its summary", file=sys.stderr)
+            code = 1
+        else:
+            if plots:
+                report.plots(run, task, model)
+            report.print_summary(summary, time.perf_counter() - t0)
     world.barrier()  # leave the group together (a rank gone early would tear down the others' connections)
-    return EXIT_CODES.get(result.stopped, 0)
+    return code
 
 
 def _resume(trainer: Trainer, run: RunDir, world: World, iterations: int) -> str:
