@@ -7,11 +7,8 @@ from benchmarks.soak import soak
 def test_killed_and_resumed_runs_end_as_one_uninterrupted_run_with_every_row_once(tmp_path):
     result = soak(tmp_path, runs=2, iterations=10, seed=11, max_delay=3.0, max_kills=3)
     assert sum(result["kills"].values()) >= 2, result  # faults were injected
-    # The one traceback known to remain (benchmarks/RESULTS.md): a SIGINT while Python still imports torch,
-    # before nodeopt's code runs. Anything else is a defect.
-    at_import = [p for p in result["problems"] if p.rstrip().endswith("KeyboardInterrupt") and "<module>" in p]
-    assert [p for p in result["problems"] if p not in at_import] == []
+    assert result["problems"] == [], result["problems"]
     assert result["recovered"] == 2
     assert result["rows_lost"] == result["rows_duplicated"] == 0
-    assert result["tracebacks"] == len(at_import)
+    assert result["tracebacks"] == 0
     assert result["concurrent"]["codes"] == [0, 2] and result["concurrent"]["tracebacks"] == 0
