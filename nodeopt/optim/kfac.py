@@ -85,25 +85,40 @@ def locations(layer: Layer, g: torch.Tensor) -> int:
 
 def gradient_matrix(layer: Layer) -> torch.Tensor:
     """The layer's gradient as one matrix ``(out, in [+1])``, bias as the last column."""
-    return _as_matrix(layer.weight.grad, None if layer.bias is None else layer.bias.grad)
+    return as_matrix(layer.weight.grad, None if layer.bias is None else layer.bias.grad)
 
 
 def parameter_matrix(layer: Layer) -> torch.Tensor:
     """The layer's weight (and bias) as one matrix, in :func:`gradient_matrix`'s layout."""
-    return _as_matrix(layer.weight, layer.bias)
+    return as_matrix(layer.weight, layer.bias)
 
 
-def _as_matrix(weight: torch.Tensor, bias) -> torch.Tensor:
+def as_matrix(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A weight-shaped tensor (and a bias-shaped one) as one matrix, bias as the last column."""
     w = weight.reshape(weight.shape[0], -1)
     return w if bias is None else torch.cat([w, bias.reshape(-1, 1)], dim=1)
 
 
+def write_matrix(matrix: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """Copy a matrix in :func:`as_matrix`'s layout into a weight-shaped tensor (and a bias-shaped one)."""
+    if bias is not None:
+        bias.copy_(matrix[:, -1].reshape(bias.shape))
+        matrix = matrix[:, :-1]
+    weight.copy_(matrix.reshape(weight.shape))
+
+
 def set_gradient_matrix(layer: Layer, g: torch.Tensor) -> None:
     """Write a matrix from :func:`gradient_matrix`'s layout back into ``.grad``."""
-    if layer.bias is not None:
-        layer.bias.grad.copy_(g[:, -1].reshape(layer.bias.shape))
-        g = g[:, :-1]
-    layer.weight.grad.copy_(g.reshape(layer.weight.shape))
+    write_matrix(g, layer.weight.grad, None if layer.bias is None else layer.bias.grad)
+
+
+def fisher_size(d: torch.Tensor, q_a: torch.Tensor, q_g: torch.Tensor, m2: torch.Tensor,
+                damping: float) -> torch.Tensor:
+    """``⟨d, (F + λ) d⟩`` in the EKFAC metric: ``Σ (Q_Gᵀ d Q_A)² (m₂ + λ)``.
+
+    For the preconditioned gradient ``d = ∇_nat`` this is ``⟨∇_nat, ∇⟩``, the size the step bound acts on.
+    """
+    return ((q_g.t() @ d @ q_a).square() * (m2 + damping)).sum()
 
 
 def eigenbasis(factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

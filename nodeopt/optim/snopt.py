@@ -39,6 +39,14 @@ underestimates the curvature along the steps the optimiser actually takes
 good, ``γ`` returns to 1 and SNOpt is the original method. ``eps`` is the
 smallest damping ever used.
 
+The bound above acts on the newest preconditioned gradient, but SGD with momentum takes
+the momentum buffer, built from earlier steps in the curvature of their time. With
+``bound_momentum`` (on by default) SNOpt also judges the step the base optimiser is about to
+take, momentum included, in the current metric, and shortens buffer and gradient together
+when it exceeds what momentum makes of gradients held at the bound, ``c₀ / (1 − m)²``
+(:mod:`nodeopt.optim.momentum`): KL clipping on the final update. It runs as a step
+pre-hook of that optimiser, so the training loop stays as above.
+
 After every ``step()``, ``precond.last_stats`` (a :class:`~nodeopt.optim.stats.SNOptStats`)
 says what the step did: the bound's scale and the Fisher size it acted on, the damping,
 whether it refreshed, the time the refresh spent gathering factors and eigendecomposing,
@@ -58,6 +66,7 @@ from torch import nn
 
 from . import damping, kfac
 from .capture import CurvatureCapture
+from .momentum import MomentumGuard
 from .ranks import world_size
 from .stats import SNOptStats
 
@@ -110,6 +119,9 @@ class SNOpt(torch.optim.Optimizer):
             Levenberg–Marquardt rule (module docstring); False: fixed ``eps``,
             as the original.
         damping_interval: steps per Levenberg–Marquardt decision (K-FAC's ``T₁``).
+        bound_momentum: also bound the step the base optimiser takes, momentum included: an SGD
+            whose momentum buffer has grown too long for the current curvature has buffer and
+            gradient shortened before its step (:mod:`nodeopt.optim.momentum`); needs ``max_step``.
         ode_layers: the layers inside ODEs; by default those inside any
             ``nodeopt.nn.ODEBlock`` of ``model``, else those found at the first refresh.
 
@@ -127,7 +139,7 @@ class SNOpt(torch.optim.Optimizer):
                  full_precond: bool = False, *, snopt_step_size: float = 0.01, max_step: Optional[float] = 1.0,
                  lr: Union[float, Callable[[], float], None] = None, max_factor_columns: Optional[int] = 1024,
                  early_refresh: bool = True, adaptive_damping: bool = True, damping_interval: int = 5,
-                 ode_layers: Optional[Iterable[nn.Module]] = None):
+                 bound_momentum: bool = True, ode_layers: Optional[Iterable[nn.Module]] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"SNOpt needs the model (an nn.Module), got {type(model).__name__}; pass the network "
                             f"itself, not model.parameters()")
@@ -144,7 +156,8 @@ class SNOpt(torch.optim.Optimizer):
         if max_factor_columns is not None:
             _check("max_factor_columns", max_factor_columns, lambda v: v >= 1 and float(v).is_integer(),
                    "a whole number ≥ 1, or None to use every sample")
-        for name, value in (("early_refresh", early_refresh), ("adaptive_damping", adaptive_damping)):
+        for name, value in (("early_refresh", early_refresh), ("adaptive_damping", adaptive_damping),
+                            ("bound_momentum", bound_momentum)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         _check("damping_interval", damping_interval, lambda v: v >= 1 and float(v).is_integer(), "a whole number ≥ 1")
@@ -169,6 +182,7 @@ class SNOpt(torch.optim.Optimizer):
         self.early_refresh = early_refresh
         self.adaptive_damping = adaptive_damping
         self.damping_interval = int(damping_interval)
+        self.momentum_guard = MomentumGuard(self, REFERENCE_LR) if bound_momentum else None
         for name, value in self._PROGRESS.items():
             setattr(self, name, value)
         self._capture: Optional[CurvatureCapture] = None
@@ -232,6 +246,8 @@ class SNOpt(torch.optim.Optimizer):
             factor_seconds=capture.seconds if capture is not None else 0.0,
             factor_samples=capture.samples if capture is not None else 0, refresh_seconds=refresh_seconds,
             bytes_all_reduced=sent, layer_fisher_sizes=torch.stack(sizes) if sizes else None)
+        if self.momentum_guard is not None:
+            self.momentum_guard.armed = True  # the base optimiser's next step is judged, momentum included
         self.iteration += 1
         return loss
 

@@ -41,6 +41,9 @@ class SNOptStats:
         bytes_all_reduced: on a refresh under ``torch.distributed``, the bytes of the one
             flattened buffer this rank all-reduced (the factors and batch sizes of every
             layer); 0 otherwise.
+        momentum_scale: ``κ``, the factor the momentum guard applied to the base optimiser's
+            momentum buffer and gradient before its step (1.0: not shortened, or no guard; see
+            :mod:`nodeopt.optim.momentum`). Filled in when the base optimiser steps.
         layer_fisher_sizes: ``⟨∇_nat, ∇⟩`` of each preconditioned layer before the bound
             (a 1-D tensor on the parameters' device; None when no layer was preconditioned).
     """
@@ -55,6 +58,7 @@ class SNOptStats:
     factor_samples: int = 0
     refresh_seconds: float = 0.0
     bytes_all_reduced: int = 0
+    momentum_scale: float = 1.0
     layer_fisher_sizes: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
@@ -77,4 +81,4 @@ class SNOptStats:
                     step_scale=self.step_scale, step_bound=self.step_bound, damping=self.damping,
                     fisher_size=self.fisher_size, factor_seconds=self.factor_seconds,
                     factor_samples=self.factor_samples, refresh_seconds=self.refresh_seconds,
-                    bytes_all_reduced=self.bytes_all_reduced)
+                    bytes_all_reduced=self.bytes_all_reduced, momentum_scale=self.momentum_scale)
