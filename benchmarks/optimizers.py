@@ -196,7 +196,7 @@ def run(task: Task, model: nn.Module, optimizer, precond: Optional[SNOpt], *, ba
     every ``eval_every`` iterations (10× less often once ``reached(metric)``) and at the end;
     ``diverged`` and its ``reason``.
     """
-    rec = dict(loss=[], wall=[], cpu=[], nfe=[], nfe_backward=[], refresh=[], steps=[], damping=[],
+    rec = dict(loss=[], wall=[], cpu=[], nfe=[], nfe_backward=[], refresh=[], steps=[], damping=[], momentum_scale=[],
                evals=[(0, 0.0, 0.0, safe_evaluate(task, model))], diverged=False, reason=None)
     state = dict(cpu=0.0, reached=reached is not None and reached(rec["evals"][0][3]))
 
@@ -213,6 +213,7 @@ def run(task: Task, model: nn.Module, optimizer, precond: Optional[SNOpt], *, ba
             rec["refresh"].append(stats.refresh)
             rec["steps"].append((stats.fisher_size, stats.step_scale))
             rec["damping"].append(precond.damping_factor)
+            rec["momentum_scale"].append(stats.momentum_scale)
         it, metric = row["iteration"], row.get("metric")
         if metric is None and it % (eval_every * (10 if state["reached"] else 1)) == 0 and math.isfinite(row["loss"]):
             metric = safe_evaluate(task, model)
