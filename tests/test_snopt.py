@@ -498,7 +498,7 @@ def test_the_original_interface_gets_the_same_protection_by_default():
     unguarded, _ = _regression_run(make=Original, lr=None, max_step=1.0, early_refresh=False,
                                    adaptive_damping=False)
     guarded, pre = _regression_run(make=Original, lr=None, max_step=1.0)
-    assert pre.adaptive_damping and pre.early_refresh
+    assert pre.adaptive_damping and pre.early_refresh and pre.momentum_guard is not None
     assert unguarded[-1] > 0.3 * unguarded[1]
     assert guarded[-1] < 1e-3 * guarded[1]
 
