@@ -32,7 +32,9 @@ from collections import defaultdict
 
 import torch
 
-from nodeopt.tasks import RunDir
+from nodeopt import data
+from nodeopt.tasks import Budget, RunDir, Trainer, make_optimizers, make_task
+from nodeopt.tasks.distributed import World
 
 from .common import median
 
@@ -71,10 +73,6 @@ def speed(iterations: int, rounds: int) -> dict:
 # ---- bytes: a 2-process gloo run in this machine ------------------------------------------------
 def _bytes_worker(rank: int, port: int, iterations: int, run_dir: str, out) -> None:
     import torch.distributed as dist
-
-    from nodeopt import data
-    from nodeopt.tasks import Budget, RunDir, Trainer, make_optimizers, make_task
-    from nodeopt.tasks.distributed import World
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
