@@ -34,6 +34,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.gradients
 	$(PY) -m benchmarks.optimizers
 	$(PY) -m benchmarks.snopt_stability
+	$(PY) -m benchmarks.snopt_stress
 	$(PY) -m benchmarks.train_loop
 	$(PY) -m benchmarks.distributed
 	$(PY) -m benchmarks.soak

@@ -6,7 +6,8 @@ import importlib
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("solvers", "gradients", "optimizers", "snopt_stability", "train_loop", "distributed", "soak")
+BENCHMARKS = ("solvers", "gradients", "optimizers", "snopt_stability", "snopt_stress", "train_loop", "distributed",
+              "soak")
 
 
 def main(argv=None) -> int:
