@@ -70,12 +70,13 @@ def test_of_two_runs_started_at_once_on_one_directory_exactly_one_trains(tmp_pat
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start_and_ends_as_one_run(tmp_path, capsys):
     assert _train("--iterations", "6", "--run-dir", str(tmp_path / "straight")) == 0
     run = tmp_path / "r"
-    proc = _process("--iterations", "6", "--checkpoint-every", "1000", "--run-dir", str(run))
+    # a long run (it must not finish, and write its final checkpoint, before the kill), then resumed to 6
+    proc = _process("--iterations", "100000", "--checkpoint-every", "100000", "--run-dir", str(run))
     _wait_for_rows(run, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "checkpoint.pt").exists() and (run / "config.json").exists()
-    assert _train("--resume", str(run)) == 0
+    assert _train("--resume", str(run), "--iterations", "6") == 0
     assert _rows(run) == list(range(1, 7))  # the rows of the killed attempt were dropped, none repeated
     assert _same(_model(tmp_path / "straight"), _model(run))
 
