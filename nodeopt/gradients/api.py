@@ -15,7 +15,7 @@ from .timegrad import attach_initial_time, attach_output_times
 
 def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, RungeKutta, None] = None,
           options: Optional[dict] = None, gradient: Union[str, GradientMethod, None] = "backprop",
-          adjoint_params=None) -> Solution:
+          adjoint_params=None, compile: Union[bool, str] = False) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, at the times ``t``; returns a :class:`Solution`.
 
     Args:
@@ -36,6 +36,14 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
             :class:`~nodeopt.gradients.GradientMethod`.
         adjoint_params: the parameters gradients must reach (default: those of
             ``func`` when it is an ``nn.Module``).
+        compile: ``True`` (or a torch.compile mode such as ``"reduce-overhead"``, which adds
+            CUDA graphs on a GPU): each step, all its stages, combinations and error
+            norm, runs as one compiled graph, and so does each gradient method's per-step
+            backward replay (see ``nodeopt.solvers.compiled``). The first solve compiles
+            (``Solution.stats.compile_seconds``); later solves of the same field reuse the
+            graphs. Results equal the eager solve's to rounding. ``func`` must be
+            traceable by TorchDynamo in one graph, else a ``RuntimeError`` names the
+            eager fallback (``compile=False``).
 
     Returns:
         A :class:`Solution` whose ``values`` have shape ``(len(t), *y0.shape)``.
@@ -43,9 +51,9 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
     Raises:
         TypeError, ValueError: for bad input, naming the argument and the fix.
         RuntimeError: when the solve fails (step size underflow, too many steps,
-            NaN or inf from ``func``).
+            NaN or inf from ``func``), or ``func`` cannot be compiled with ``compile=True``.
     """
-    problem = make_problem(func, y0, t, rtol, atol, method, options)
+    problem = make_problem(func, y0, t, rtol, atol, method, options, compile=compile)
     grad = get_gradient(gradient)
     params = _params(func, adjoint_params)
     stats = Stats(strategy=grad.name)
@@ -54,19 +62,20 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
     else:
         ys = grad.solve(problem, params, stats)
     stats.nfe = problem.dynamics.nfe
+    stats.compile_seconds, stats.compiled_graphs = problem.compile_log.seconds, problem.compile_log.graphs
     return Solution(problem.spec.unflatten_stack(ys), problem.t, stats)
 
 
 def odeint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, RungeKutta, None] = None,
            options: Optional[dict] = None, gradient: Union[str, GradientMethod, None] = "backprop",
-           adjoint_params=None):
+           adjoint_params=None, compile: Union[bool, str] = False):
     """torchdiffeq's ``odeint``, plus ``gradient=``: returns the values ``(len(t), *y0.shape)``.
 
     Code written for torchdiffeq runs unchanged after swapping the import. See
     :func:`solve` for the arguments.
     """
     return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, gradient=gradient,
-                 adjoint_params=adjoint_params).values
+                 adjoint_params=adjoint_params, compile=compile).values
 
 
 def _params(func, adjoint_params) -> tuple[torch.Tensor, ...]:

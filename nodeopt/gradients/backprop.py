@@ -36,9 +36,9 @@ class Backprop(GradientMethod):
             # same discrete map, so the gradient is unchanged.
             return OneCheckpoint().solve(problem, params, stats)
 
-        def count(output: torch.Tensor) -> None:
+        def count(output: torch.Tensor, evaluations: int) -> None:
             def hook(grad: torch.Tensor) -> None:
-                stats.nvjp_backward += 1
+                stats.nvjp_backward += evaluations
             output.register_hook(hook)
 
         problem.dynamics.on_graph_output = count

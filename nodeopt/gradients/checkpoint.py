@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..solvers.step import rk_step
 from .base import register
 from .replay import BackwardContext, StepReplay
 
@@ -25,8 +24,7 @@ class Checkpoint(StepReplay):
         tab = ctx.tableau  # ACA keeps no stages: it re-runs the step with autograd
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            f = ctx.field(h)
-            y1, _ = rk_step(f, tab.truncated, t, h, t_last, y, f(t_first, y))
+            y1, _ = ctx.stepper_for(h).step(tab.truncated, t_first, t, h, t_last, y)
             grads = torch.autograd.grad(y1, (y,) + ctx.params, lam, allow_unused=True)
         ctx.stats.nvjp_backward += tab.needed_stages
         ctx.accumulate(grads[1:])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from ..solvers.loop import Trajectory
-from ..solvers.step import rk_step
 from .base import register
 from .replay import BackwardContext, Replay
 
@@ -30,8 +29,7 @@ class OneCheckpoint(Replay):
             ends = set(traj.outputs)
             for n in range(len(traj)):
                 t_first, h, t_last, t, _ = traj.step(n)
-                f = ctx.field(h)
-                y, _ = rk_step(f, tab, t, h, t_last, y, f(t_first, y))
+                y, _ = ctx.stepper_for(h).step(tab, t_first, t, h, t_last, y)
                 if n + 1 in ends:
                     outputs.append(y)
             ctx.stats.nvjp_backward += len(traj) * tab.stages

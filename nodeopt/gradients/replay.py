@@ -20,7 +20,7 @@ import torch
 from ..solvers.loop import Trajectory
 from ..solvers.problem import Problem
 from ..solvers.solution import Stats
-from ..solvers.step import rk_step
+from ..solvers.step import Stepper
 from . import observe
 from .base import GradientMethod
 from .states import StateWalk
@@ -36,15 +36,23 @@ class BackwardContext:
         self.announcer = StageAnnouncer(problem.dynamics, problem.method.tableau, problem.sign) \
             if observe.is_listening() else None
         self.tableau = problem.method.tableau
+        self.stepper = problem.stepper
+        self.compile_log = problem.compile_log
+        self.func = problem.func
         self.params = params
         self.stats = stats
         self.param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
         self.trajectory: Optional[Trajectory] = None  # set by StepReplay.backward while it walks
         self.walk: Optional[StateWalk] = None
 
-    def field(self, h: float):
-        """The vector field to replay a step of size ``h`` with (announcing stages when observed)."""
-        return self.f if self.announcer is None else self.announcer.start(h)
+    @property
+    def compiled(self) -> bool:
+        """Whether steps are replayed as compiled graphs (not while stages are announced: eagerly then)."""
+        return self.stepper.compiled and self.announcer is None
+
+    def stepper_for(self, h: float) -> Stepper:
+        """What replays a step of size ``h``: the solve's stepper, or an eager one announcing stages when observed."""
+        return self.stepper if self.announcer is None else Stepper(self.announcer.start(h))
 
     def advance(self, traj: Trajectory, n: int, y: torch.Tensor) -> torch.Tensor:
         """``y_{n+1}`` from ``y_n``: recorded step ``n`` again, without a graph, with the forward loop's ops.
@@ -54,7 +62,7 @@ class BackwardContext:
         result is the forward pass's ``y_{n+1}`` to the bit.
         """
         t_first, h, t_last, t, _ = traj.step(n)
-        y1, _ = rk_step(self.f, self.tableau.truncated, t, h, t_last, y, self.f(t_first, y))
+        y1, _ = self.stepper.step(self.tableau.truncated, t_first, t, h, t_last, y)
         return y1
 
     def vjp(self, t: float, y: torch.Tensor, v: torch.Tensor, hb: float = 0.0) -> torch.Tensor:
@@ -183,5 +191,6 @@ class _Replay(torch.autograd.Function):
         with torch.no_grad():
             grad_y0 = ctx.method.backward(bctx, ctx.trajectory, grad_ys)
         stats.nfe_backward += problem.dynamics.nfe - nfe_before - (stats.nvjp_backward - nvjp_before)
+        stats.compile_seconds, stats.compiled_graphs = problem.compile_log.seconds, problem.compile_log.graphs
         param_grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(bctx.param_grads, ctx.params)]
         return (None, None, None, None, grad_y0, *param_grads)

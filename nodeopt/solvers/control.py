@@ -17,7 +17,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .state import StateSpec, rms_norm
+from .state import StateSpec, rms, rms_norm
 
 
 class ErrorNorm:
@@ -45,6 +45,17 @@ class ErrorNorm:
         """The error ratio of a step; consumes ``err`` (a fresh tensor made without a graph)."""
         with torch.no_grad():
             return self.reduce(self.scaled(y0, y1, err))
+
+    def ratio(self, y0: torch.Tensor, y1: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        """The error ratio as a 0-d tensor, computed where the state lives (the built-in norm only).
+
+        What a compiled step returns, so that the step's graph ends with the number the
+        controller needs; :meth:`__call__` is the same number as a Python float.
+        """
+        x = self.scaled(y0, y1, err)
+        if not self.spec.is_tuple:
+            return rms(x)
+        return torch.stack([rms(p) for p in self.spec.segments(x)]).amax()
 
     def reduce(self, x: torch.Tensor) -> float:
         """The norm of an already scaled flat tensor."""

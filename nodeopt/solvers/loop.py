@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .control import Controller, ErrorNorm, initial_step
-from .step import lincomb, rk_error, rk_step
+from .step import Stepper, lincomb
 from .tableau import Tableau
 
 
@@ -115,7 +115,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
                        error_norm: ErrorNorm, controller: Controller, first_step: Optional[float],
                        max_num_steps: int, step_t: Sequence[float] = (), jump_t: Sequence[float] = (),
                        land: bool = False, record: Union[bool, Trajectory] = False, reverse: bool = False,
-                       stage_store: Optional[StageStore] = None) -> LoopResult:
+                       stage_store: Optional[StageStore] = None, stepper: Optional[Stepper] = None) -> LoopResult:
     """Adaptive integration of ``y' = f(t, y)`` from ``times[0]`` through increasing ``times``.
 
     Args:
@@ -135,12 +135,14 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
             into the one given (whose ``append`` may keep only some of the states).
         reverse: the caller reversed time (only for the wording of errors).
         stage_store: with ``record``, keep accepted steps' stage derivatives too (as it allows).
+        stepper: takes the steps (default: eagerly, ``Stepper(f, error_norm)``; a compiled one fuses each).
 
     Raises:
         RuntimeError: step size underflow, too many steps, non-finite dynamics.
     """
     if len(times) == 1:
         return LoopResult([y0], _new_trajectory(record), 0, 0)
+    stepper = stepper or Stepper(f, error_norm)
     t0, t_end = times[0], times[-1]
     traj = _new_trajectory(record)
     land = land or traj is not None or not tableau.has_dense_output
@@ -184,9 +186,8 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
                                f"rtol/atol")
         # A step ending on a discontinuity evaluates its last stages just before it.
         t1_eval = math.nextafter(t1, -math.inf) if hits and target in jumps else t1
-        y1, ks = rk_step(f, tableau, t, h_try, t1_eval, y, k1)
-        with torch.no_grad():  # step sizes are constants of the solve: no graph for the estimate
-            ratio = error_norm(y, y1, rk_error(tableau, h_try, ks))
+        y1, ks, ratio = stepper.adaptive(tableau, t_k1, t, h_try, t1_eval, y, k1)
+        k1 = ks[0]  # a rejected step is retried from the same (t, y)
         nonfinite = not math.isfinite(ratio)
         if nonfinite:
             if not bool(torch.isfinite(k1).all()):
@@ -218,13 +219,11 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         if hits:
             stop_idx += 1
         fresh = hits and target in jumps
+        # Without first-same-as-last the next step evaluates its own first stage (inside a
+        # compiled step, as part of its graph); after a discontinuity, just after it.
         k1 = ks[-1] if tableau.fsal and not fresh else None
         t, y = t1, y1
-        t_k1 = t
-        if k1 is None and n_out < len(times):
-            # After a discontinuity, the next step starts just after it.
-            t_k1 = math.nextafter(t, math.inf) if fresh else t
-            k1 = f(t_k1, y)
+        t_k1 = math.nextafter(t, math.inf) if fresh else t
         # A step cut short to land on a time tells little about the scale the
         # error allows: do not let it shrink the step the controller had planned.
         h = max(h_try * factor, h) if hits else h_try * factor
@@ -234,7 +233,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
 
 def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float],
                     grid: Sequence[float], *, record: Union[bool, Trajectory] = False, reverse: bool = False,
-                    stage_store: Optional[StageStore] = None) -> LoopResult:
+                    stage_store: Optional[StageStore] = None, stepper: Optional[Stepper] = None) -> LoopResult:
     """Fixed-step integration on ``grid`` (which contains every output time).
 
     Raises:
@@ -242,13 +241,14 @@ def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequ
     """
     outputs = [y0]
     traj = _new_trajectory(record)
+    stepper = stepper or Stepper(f)
     n_out = 1
     y = y0
     sign = -1.0 if reverse else 1.0
     for n in range(len(grid) - 1):
         t, t1 = grid[n], grid[n + 1]
         h = t1 - t
-        y1, ks = rk_step(f, tableau, t, h, t1, y, f(t, y))
+        y1, ks = stepper.step(tableau, t, t, h, t1, y)
         if traj is not None:
             traj.append(t, h, y, t, t1, stage_store.keep(ks) if stage_store is not None else None)
         y = y1

@@ -7,16 +7,19 @@ the value received and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import torch
 
+from .compiled import CompiledStepper, CompileLog, compile_mode
 from .control import ErrorNorm, IController, PIController
 from .loop import LoopResult, Trajectory, integrate_adaptive, integrate_fixed, merge_grid
 from .methods import RungeKutta, get_method
 from .state import Dynamics, StateSpec
+from .step import Stepper
 
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "step_t", "jump_t", "dtype", "norm",
                     "safety", "ifactor", "dfactor", "controller")
@@ -41,6 +44,14 @@ class Problem:
     rtol: object = 1e-7
     atol: object = 1e-9
     raw_options: Optional[dict] = None
+    stepper: Optional[Stepper] = None  # how steps are taken: eagerly, or as compiled graphs
+    compile: Optional[str] = None  # the torch.compile mode, or None (eager)
+    compile_log: CompileLog = dataclasses.field(default_factory=CompileLog)
+
+    def __post_init__(self):
+        if self.stepper is None:
+            self.stepper = CompiledStepper(self.dynamics, self.error_norm, self.compile, self.compile_log) \
+                if self.compile else Stepper(self.dynamics, self.error_norm)
 
     @property
     def sign(self) -> float:
@@ -61,9 +72,10 @@ class Problem:
             return integrate_adaptive(self.dynamics, tab, y0, self.times, error_norm=self.error_norm,
                                       controller=o["controller"], first_step=o["first_step"],
                                       max_num_steps=o["max_num_steps"], step_t=o["step_t"], jump_t=o["jump_t"],
-                                      land=land, record=record, reverse=self.reverse, stage_store=stage_store)
+                                      land=land, record=record, reverse=self.reverse, stage_store=stage_store,
+                                      stepper=self.stepper)
         return integrate_fixed(self.dynamics, tab, y0, self.times, o["grid"], record=record, reverse=self.reverse,
-                               stage_store=stage_store)
+                               stage_store=stage_store, stepper=self.stepper)
 
 
 def _check_y0(y0) -> StateSpec:
@@ -200,14 +212,15 @@ def _fixed_grid(options: dict, func, y0, t, times: list[float], sign: float) -> 
 
 
 def make_problem(func: Callable, y0, t, rtol, atol, method: Union[str, RungeKutta, None],
-                 options: Optional[dict]) -> Problem:
-    """Check and normalise ``odeint``'s arguments.
+                 options: Optional[dict], compile: Union[bool, str, None] = False) -> Problem:
+    """Check and normalise ``odeint``'s arguments (``compile``: see :func:`~nodeopt.solvers.compiled.compile_mode`).
 
     Raises:
         TypeError, ValueError: naming the argument, the value and the fix.
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+    mode = compile_mode(compile)
     spec = _check_y0(y0)
     t, times, reverse = _check_t(t)
     method = get_method(method)
@@ -220,7 +233,7 @@ def make_problem(func: Callable, y0, t, rtol, atol, method: Union[str, RungeKutt
     dynamics = Dynamics(func, spec, reverse, opts["dtype"])
     norm = ErrorNorm(spec, rtol, atol, opts.get("norm")) if method.adaptive else None
     return Problem(func, spec.flatten(y0), t, times, spec, reverse, method, dynamics, norm, opts,
-                   rtol=raw_rtol, atol=raw_atol, raw_options=dict(options or {}))
+                   rtol=raw_rtol, atol=raw_atol, raw_options=dict(options or {}), compile=mode)
 
 
 def _all_zero(tol) -> bool:

@@ -29,6 +29,10 @@ class Stats:
             forward solve (the plan), and by the backward pass once it ran.
         estimated_peak_bytes: the peak of the tensors the gradient computation
             was estimated to hold, in bytes (:class:`~nodeopt.Exact` only; 0 otherwise).
+        compile_seconds: with ``compile=True``, the seconds spent in calls that compiled a
+            graph (tracing, code generation and the graph's first run), forward and, once
+            it ran, backward; 0 when every graph was already compiled.
+        compiled_graphs: the graphs compiled for this solve (0 when all were reused).
     """
 
     nfe: int = 0
@@ -38,6 +42,8 @@ class Stats:
     nvjp_backward: int = 0
     strategy: str = ""
     estimated_peak_bytes: int = 0
+    compile_seconds: float = 0.0
+    compiled_graphs: int = 0
 
 
 @dataclass

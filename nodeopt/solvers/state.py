@@ -81,9 +81,10 @@ class Dynamics:
         self.time_dtype = time_dtype
         self.nfe = 0
         self._checked = False
-        # Called with each output that joined an autograd graph (gradient methods
-        # use it to see the backward pass, e.g. to count vector–Jacobian products).
-        self.on_graph_output: Optional[Callable[[torch.Tensor], None]] = None
+        # Called with each output that joined an autograd graph and the number of evaluations
+        # behind it (one here; a compiled step's whole set of stages), so that gradient methods
+        # can see the backward pass, e.g. count its vector–Jacobian products.
+        self.on_graph_output: Optional[Callable[[torch.Tensor, int], None]] = None
 
     def time(self, s: float) -> torch.Tensor:
         """The user's time for the loop's time ``s``, as a scalar tensor."""
@@ -97,7 +98,7 @@ class Dynamics:
         out = self.spec.flatten(out)
         out = -out if self.sign < 0 else out
         if self.on_graph_output is not None and out.requires_grad:
-            self.on_graph_output(out)
+            self.on_graph_output(out, 1)
         return out
 
     def _check(self, out) -> None:
@@ -120,6 +121,11 @@ class Dynamics:
         self._checked = True
 
 
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square of a tensor, as a 0-d tensor (no host synchronisation)."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
 def rms_norm(x: torch.Tensor) -> float:
     """Root mean square of a tensor, as a Python float."""
-    return (torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))).item()
+    return rms(x).item()

@@ -1,0 +1,231 @@
+"""Compiled solves: each Runge–Kutta step one ``torch.compile`` graph, the same graph for every step.
+
+A small vector field costs little arithmetic per step but dozens of operator calls: the
+stage evaluations, the linear combinations, the error estimate and its norm, each a
+separate kernel launched from Python. ``compile=True`` traces the whole step, stages
+to error ratio, into one graph (TorchDynamo with ``fullgraph=True``, Inductor's fused
+kernels). Time and step size enter as 0-d float64 tensors, so the graph does not
+depend on their values and one compilation serves every step of every solve; the
+graph is cached per vector field and configuration (``graph_for``) and recompiled
+only when what it was specialised on changes (another dtype, device or tableau; a
+new batch size once, after which the size is symbolic).
+
+Compiled and eager steps do the same arithmetic in the same order: stage weights are
+rounded to the state's dtype as the eager ``alpha=`` does, times are computed in
+float64 and cast as :class:`~nodeopt.solvers.state.Dynamics` casts them. They differ
+only where the compiler fuses or reorders floating-point operations (float32 rounding).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import types
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+
+from .step import Stepper, rk_error, rk_step
+from .tableau import Tableau
+
+#: ``compile=`` accepts True (``"default"``) or one of torch.compile's modes.
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile: Union[bool, str, None]) -> Optional[str]:
+    """``compile=`` as a torch.compile mode, or None for an eager solve.
+
+    Raises:
+        ValueError: for anything but a bool, None or one of :data:`MODES`.
+    """
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "default"
+    if isinstance(compile, str) and compile in MODES:
+        return compile
+    raise ValueError(f"compile={compile!r} is not a compile setting; use False (eager), True, or a torch.compile "
+                     f"mode: {', '.join(repr(m) for m in MODES)} ('reduce-overhead' adds CUDA graphs on a GPU)")
+
+
+class CompileError(RuntimeError):
+    """The vector field could not be traced into one graph; the message names the eager fallback."""
+
+
+@dataclass
+class CompileLog:
+    """What compiling cost one solve: seconds spent in calls that compiled, and graphs compiled."""
+
+    seconds: float = 0.0
+    graphs: int = 0
+
+
+def _graphs_compiled() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def _fresh_code(fn: Callable) -> Callable:
+    """``fn`` with its own code object.
+
+    TorchDynamo keeps its compiled graphs on the code object, at most
+    ``recompile_limit`` (8) per object, and falls back to eager beyond that. The step
+    bodies are closures of a few functions shared by every field, tableau and
+    configuration; a code object per configuration gives each its own cache.
+    """
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+class Graph:
+    """``body`` compiled as one graph; a failure to trace names the eager fallback.
+
+    Calls that compile (the first, and a recompilation on a new shape) are timed into the
+    :class:`CompileLog` given to :meth:`__call__`. The backward graph of a differentiable
+    body is compiled together with the forward one (``force_non_lazy_backward_lowering``),
+    so that its compilation falls in that timed call rather than in a later backward pass.
+    """
+
+    def __init__(self, body: Callable, mode: str, what: str):
+        self.what = what
+        self.fn = torch.compile(_fresh_code(body), fullgraph=True, mode=None if mode == "default" else mode)
+
+    def __call__(self, log: CompileLog, *args):
+        before, start = _graphs_compiled(), time.perf_counter()
+        try:
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                out = self.fn(*args)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CompileError(f"compile=True could not trace {self.what} into one graph: {reason}. Pass "
+                               f"compile=False to solve eagerly (same results, one operation at a time), or make "
+                               f"func traceable (no .item(), NumPy or Python branching on tensor values)") from exc
+        compiled = _graphs_compiled() - before
+        if compiled:
+            log.graphs += compiled
+            log.seconds += time.perf_counter() - start
+        return out
+
+
+_GRAPHS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def graph_for(func: Callable, key: tuple, build: Callable[[], Callable], mode: str, what: str) -> Graph:
+    """The compiled graph of ``build()`` for ``func`` and ``key``, compiled once and kept while ``func`` lives.
+
+    ``key`` must hold everything ``build``'s body closes over (tableau, tolerances, state
+    structure, ...); the body takes ``func`` as its first argument rather than closing over
+    it, so that the cache does not keep ``func`` alive. A bound method is kept under its instance.
+    """
+    owner, key = (func.__self__, (func.__func__,) + key) if isinstance(func, types.MethodType) else (func, key)
+    key = key + (mode,)
+    try:
+        graphs = _GRAPHS.setdefault(owner, {})
+    except TypeError:  # not weakly referenceable: compiled for this solve only
+        graphs = {}
+    if key not in graphs:
+        graphs[key] = Graph(build(), mode, what)
+    return graphs[key]
+
+
+def traced_field(spec, sign: float, time_dtype: torch.dtype) -> Callable:
+    """The loop-time field ``f(func, s, y_flat)`` of a solve, with ``s`` a 0-d tensor.
+
+    What :class:`~nodeopt.solvers.state.Dynamics` computes, minus its Python bookkeeping
+    (counting, the first call's checks), so that it can be traced. ``func`` is an argument
+    rather than captured, so that the cached graphs do not keep the field alive.
+    """
+    def field(func: Callable, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = spec.flatten(func((s * sign).to(time_dtype), spec.unflatten(y)))
+        return -out if sign < 0 else out
+
+    return field
+
+
+def resolved(tableau: Tableau) -> Tableau:
+    """``tableau`` with its derived numbers computed: TorchDynamo cannot trace the first access of a
+    ``functools.cached_property`` (it takes a lock), only the plain attribute read after it."""
+    for name in ("fsal", "a_pairs", "b_pairs", "needed_stages", "truncated", "symplectic_partner"):
+        getattr(tableau, name)
+    if tableau.adaptive:
+        getattr(tableau, "error_pairs")
+    return tableau
+
+
+def _step_body(field: Callable, tableau: Tableau) -> Callable:
+    resolved(tableau)
+
+    def step(func, t_first, t, h, t1, y, k1):
+        f = functools.partial(field, func)
+        return rk_step(f, tableau, t, h, t1, y, f(t_first, y) if k1 is None else k1)
+    return step
+
+
+def _adaptive_body(field: Callable, tableau: Tableau, error_norm) -> Callable:
+    resolved(tableau)
+
+    def adaptive(func, t_first, t, h, t1, y, k1):
+        f = functools.partial(field, func)
+        y1, ks = rk_step(f, tableau, t, h, t1, y, f(t_first, y) if k1 is None else k1)
+        y0, y1_, err = y.detach(), y1.detach(), rk_error(tableau, h, [k.detach() for k in ks])
+        if error_norm.norm is None:
+            return y1, ks, error_norm.ratio(y0, y1_, err)
+        return y1, ks, error_norm.scaled(y0, y1_, err)  # a user's norm runs eagerly on this
+    return adaptive
+
+
+def _tolerance_key(tol) -> tuple:
+    return tuple(tol.tolist()) if isinstance(tol, torch.Tensor) else float(tol)
+
+
+class CompiledStepper(Stepper):
+    """A :class:`~nodeopt.solvers.step.Stepper` whose steps are compiled graphs.
+
+    Args:
+        dynamics: the solve's :class:`~nodeopt.solvers.state.Dynamics` (its evaluation count
+            is kept up to date: each step adds the stages its graph evaluated).
+        error_norm: the accept/reject norm (adaptive solves).
+        mode: a torch.compile mode (see :func:`compile_mode`).
+        log: where compile time and graph counts are added.
+    """
+
+    compiled = True
+
+    def __init__(self, dynamics, error_norm, mode: str, log: CompileLog):
+        super().__init__(dynamics, error_norm)
+        self.mode, self.log = mode, log
+        spec = dynamics.spec
+        self.field = traced_field(spec, dynamics.sign, dynamics.time_dtype)
+        self.device = spec.device
+        self.key = (spec.is_tuple, spec.shapes if spec.is_tuple else None, dynamics.sign, dynamics.time_dtype)
+
+    def times(self, *values: float) -> list[torch.Tensor]:
+        """Loop times and step sizes as the 0-d float64 tensors the graphs take."""
+        return [torch.tensor(v, dtype=torch.float64, device=self.device) for v in values]
+
+    def _graph(self, kind: str, tableau: Tableau) -> Graph:
+        norm = self.error_norm
+        if kind == "adaptive":
+            key = (kind, tableau, _tolerance_key(norm.rtol), _tolerance_key(norm.atol), norm.norm is None) + self.key
+            build = functools.partial(_adaptive_body, self.field, tableau, norm)
+        else:
+            key = (kind, tableau) + self.key
+            build = functools.partial(_step_body, self.field, tableau)
+        return graph_for(self.f.func, key, build, self.mode, f"one {tableau.name} step of func")
+
+    def _count(self, tableau: Tableau, k1, y1: torch.Tensor) -> None:
+        evaluations = tableau.stages - (k1 is not None)
+        self.f.nfe += evaluations
+        if self.f.on_graph_output is not None and y1.requires_grad:
+            self.f.on_graph_output(y1, evaluations)
+
+    def step(self, tableau, t_first, t, h, t1, y, k1=None):
+        y1, ks = self._graph("step", tableau)(self.log, self.f.func, *self.times(t_first, t, h, t1), y, k1)
+        self._count(tableau, k1, y1)
+        return y1, list(ks)
+
+    def adaptive(self, tableau, t_first, t, h, t1, y, k1=None):
+        y1, ks, ratio = self._graph("adaptive", tableau)(self.log, self.f.func, *self.times(t_first, t, h, t1), y, k1)
+        self._count(tableau, k1, y1)
+        ratio = float(ratio) if self.error_norm.norm is None else self.error_norm.reduce(ratio)
+        return y1, list(ks), ratio
