@@ -27,7 +27,7 @@ def block_options(s: dict) -> dict:
     gradient = Adjoint(options={"norm": "seminorm"}) if s.get("seminorm") else s["gradient"]
     adaptive = get_method(s["method"]).adaptive  # fixed-step methods take no step limit
     return dict(rtol=s["rtol"], atol=s["atol"], method=s["method"], gradient=gradient, t1=s["t1"],
-                options={"max_num_steps": s["max_steps"]} if adaptive else None)
+                options={"max_num_steps": s["max_steps"]} if adaptive else None, compile=bool(s.get("compile")))
 
 
 def model_options(s: dict) -> dict:

@@ -12,7 +12,7 @@ DEFAULT_EPOCHS = 10
 COMMON = dict(gradient="symplectic", method="dopri5", rtol=1e-3, atol=1e-3, seed=0, eval_every=10,
               checkpoint_every=100, weight_decay=0.0, gamma=0.1, t1=1.0, t1_lr=0.1, t1_reg=1e-3,
               t1_update_freq=50, snopt_eps=0.05, snopt_freq=100, snopt_step_size=0.01, train_fraction=1.0,
-              seminorm=False, max_steps=1000)
+              seminorm=False, max_steps=1000, compile=False)
 
 TASK = {
     "image": dict(dataset="digits", batch_size=128, width=64,

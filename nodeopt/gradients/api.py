@@ -7,8 +7,10 @@ from typing import Callable, Optional, Union
 import torch
 
 from ..solvers.methods import RungeKutta
+from ..solvers.compiled import compile_mode
 from ..solvers.problem import Problem, make_problem
 from ..solvers.solution import Solution, Stats
+from . import observe
 from .base import GradientMethod, get_gradient
 from .timegrad import attach_initial_time, attach_output_times
 
@@ -43,7 +45,9 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
             (``Solution.stats.compile_seconds``); later solves of the same field reuse the
             graphs. Results equal the eager solve's to rounding. ``func`` must be
             traceable by TorchDynamo in one graph, else a ``RuntimeError`` names the
-            eager fallback (``compile=False``).
+            eager fallback (``compile=False``). While someone listens to the backward
+            pass (SNOpt's curvature capture, ``observe.listening()``), the solve runs
+            eagerly: the listener's hooks read Python state no graph can hold.
 
     Returns:
         A :class:`Solution` whose ``values`` have shape ``(len(t), *y0.shape)``.
@@ -53,7 +57,8 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
         RuntimeError: when the solve fails (step size underflow, too many steps,
             NaN or inf from ``func``), or ``func`` cannot be compiled with ``compile=True``.
     """
-    problem = make_problem(func, y0, t, rtol, atol, method, options, compile=compile)
+    problem = make_problem(func, y0, t, rtol, atol, method, options,
+                           compile=False if observe.is_listening() and compile_mode(compile) else compile)
     grad = get_gradient(gradient)
     params = _params(func, adjoint_params)
     stats = Stats(strategy=grad.name)

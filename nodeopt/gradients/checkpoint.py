@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..solvers.compiled import graph_for, resolved, traced_field
+from ..solvers.step import rk_step
+from ..solvers.tableau import Tableau
 from .base import register
 from .replay import BackwardContext, StepReplay
 
@@ -14,7 +17,8 @@ class Checkpoint(StepReplay):
 
     Backward over step ``n``: rebuild the step from ``y_n`` with autograd (all of
     its stages and network uses), then one ``autograd.grad`` pulls ``λ_{n+1}``
-    back to ``λ_n`` and the parameters.
+    back to ``λ_n`` and the parameters. With ``compile=True`` the re-run and its
+    backward are one compiled graph (``torch.func.vjp`` of the step).
     """
 
     name = "checkpoint"
@@ -22,10 +26,41 @@ class Checkpoint(StepReplay):
     def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
                       y: torch.Tensor, lam: torch.Tensor, stages=None) -> torch.Tensor:
         tab = ctx.tableau  # ACA keeps no stages: it re-runs the step with autograd
+        ctx.stats.nvjp_backward += tab.needed_stages
+        if ctx.compiled and ctx.param_names is not None:
+            return _compiled_step_backward(ctx, t_first, h, t_last, t, y, lam)
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             y1, _ = ctx.stepper_for(h).step(tab.truncated, t_first, t, h, t_last, y)
             grads = torch.autograd.grad(y1, (y,) + ctx.params, lam, allow_unused=True)
-        ctx.stats.nvjp_backward += tab.needed_stages
         ctx.accumulate(grads[1:])
         return grads[0]
+
+
+def _rerun_body(field, tableau: Tableau, names: tuple[str, ...]):
+    """The vector–Jacobian product of one step, ``(λ_{n+1}) -> (λ_n, dL/dθ)``, as one traceable function."""
+    resolved(tableau)
+
+    def backward_step(func, t_first, t, h, t_last, y, lam, params):
+        def step(x, p):
+            def f(s, z):
+                return field(lambda *a: torch.func.functional_call(func, dict(zip(names, p)), a), s, z)
+            return rk_step(f, tableau, t, h, t_last, x, f(t_first, x))[0]
+
+        _, pull = torch.func.vjp(step, y, params)
+        return pull(lam)
+
+    return backward_step
+
+
+def _compiled_step_backward(ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
+                            y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    tab, dyn, stepper = ctx.tableau.truncated, ctx.f, ctx.stepper
+    key = ("checkpoint", tab, ctx.param_names) + stepper.key
+    graph = graph_for(ctx.func, key, lambda: _rerun_body(traced_field(dyn.spec, dyn.sign, dyn.time_dtype), tab,
+                                                         ctx.param_names),
+                      stepper.mode, f"the re-run and backward of one {tab.name} step of func")
+    grad_y, grads = graph(ctx.compile_log, ctx.func, *stepper.times(t_first, t, h, t_last), y, lam, ctx.params)
+    dyn.nfe += tab.stages  # each evaluation is differentiated: counted as a VJP, not as a backward evaluation
+    ctx.accumulate(grads)
+    return grad_y

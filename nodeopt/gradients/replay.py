@@ -12,6 +12,7 @@ walk then recomputes the others from the recorded steps, bit for bit.
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from typing import Optional
 
@@ -49,6 +50,17 @@ class BackwardContext:
     def compiled(self) -> bool:
         """Whether steps are replayed as compiled graphs (not while stages are announced: eagerly then)."""
         return self.stepper.compiled and self.announcer is None
+
+    @functools.cached_property
+    def param_names(self) -> Optional[tuple[str, ...]]:
+        """The names of ``params`` in ``func`` (an ``nn.Module``) for ``torch.func.functional_call``,
+        or None when some parameter is not one of ``func``'s (a compiled replay then runs eagerly)."""
+        if not isinstance(self.func, torch.nn.Module):
+            return None
+        names = {id(p): name for name, p in self.func.named_parameters()}
+        if not all(id(p) in names for p in self.params):
+            return None
+        return tuple(names[id(p)] for p in self.params)
 
     def stepper_for(self, h: float) -> Stepper:
         """What replays a step of size ``h``: the solve's stepper, or an eager one announcing stages when observed."""

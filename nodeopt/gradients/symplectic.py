@@ -23,8 +23,10 @@ from typing import Optional, Union
 
 import torch
 
+from ..solvers.compiled import graph_for, resolved, traced_field
 from ..solvers.loop import StageStore
 from ..solvers.step import lincomb
+from ..solvers.tableau import Tableau
 from .base import register
 from .replay import BackwardContext, StepReplay
 
@@ -76,6 +78,8 @@ class SymplecticAdjoint(StepReplay):
 
     def step_backward(self, ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
                       y: torch.Tensor, lam: torch.Tensor, stages: Optional[list] = None) -> torch.Tensor:
+        if ctx.compiled and ctx.param_names is not None:
+            return _compiled_step_backward(ctx, t_first, h, t_last, t, y, lam, stages)
         tab = ctx.tableau
         partner = tab.symplectic_partner
         m = tab.needed_stages
@@ -106,3 +110,68 @@ class SymplecticAdjoint(StepReplay):
         return "SymplecticAdjoint()" if budget is None else (
             "SymplecticAdjoint(store_stages=True)" if budget == math.inf else
             f"SymplecticAdjoint(store_stages={budget:.0f})")
+
+
+def _partner_body(field, tableau: Tableau, names: tuple[str, ...], stored: bool):
+    """The symplectic step backward of ``SymplecticAdjoint.step_backward`` as one traceable function.
+
+    The same recurrences, with each vector–Jacobian product taken by ``torch.func.vjp`` of the
+    field with the parameters substituted (``functional_call``), so that the whole step,
+    stage recompute included, compiles into one graph.
+    """
+    resolved(tableau)
+    partner, m = tableau.symplectic_partner, tableau.needed_stages
+
+    def backward_step(func, t_first, t, h, t_last, y, lam, stages, params):
+        def functional(p):
+            return lambda s, x: torch.func.functional_call(func, dict(zip(names, p)), (s, x))
+
+        times = [t_first] + [t_last if c == 1.0 else t + c * h for c in tableau.c[1:m]]
+        states, ks = [y], []
+        for i in range(1, m):
+            ks.append(stages[i - 1] if stored else field(func, times[i - 1], states[i - 1]))
+            states.append(lincomb(y, h, tableau.a_pairs[i], ks))
+        ells: list = [None] * m
+        grads = None
+        for i in reversed(range(m)):
+            pairs = tuple((j, c) for j, c in partner.sweep_pairs(i) if j < m and ells[j] is not None)
+            base = None if partner.zero_weight[i] else lam
+            if base is None and not pairs:
+                continue
+            weight = h * partner.B[i]
+            _, pull = torch.func.vjp(lambda x, p, s=times[i]: field(functional(p), s, x), states[i], params)
+            g_y, g_p = pull(lincomb(base, h, pairs, ells) * weight.to(y.dtype))
+            ells[i] = g_y * (-1.0 / weight).to(y.dtype)
+            grads = g_p if grads is None else tuple(a + b for a, b in zip(grads, g_p))
+        weights = tuple((i, -partner.B[i]) for i in range(m) if ells[i] is not None)
+        return lincomb(lam, h, weights, ells), grads
+
+    return backward_step
+
+
+def _compiled_step_backward(ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
+                            y: torch.Tensor, lam: torch.Tensor, stages: Optional[list]) -> torch.Tensor:
+    """One symplectic step backward as a compiled graph (``compile=True``, nobody listening for stages)."""
+    tab, dyn, stepper = ctx.tableau, ctx.f, ctx.stepper
+    stored = stages is not None
+    key = ("symplectic", tab, ctx.param_names, stored) + stepper.key
+    graph = graph_for(ctx.func, key, lambda: _partner_body(traced_field(dyn.spec, dyn.sign, dyn.time_dtype), tab,
+                                                           ctx.param_names, stored),
+                      stepper.mode, f"the symplectic adjoint of one {tab.name} step of func")
+    lam_n, grads = graph(ctx.compile_log, ctx.func, *stepper.times(t_first, t, h, t_last), y, lam,
+                         stages, ctx.params)
+    m = tab.needed_stages
+    vjps = sum(_active_stages(tab))
+    dyn.nfe += vjps + (0 if stored else m - 1)
+    ctx.stats.nvjp_backward += vjps
+    ctx.accumulate(grads)
+    return lam_n
+
+
+def _active_stages(tableau: Tableau) -> list[bool]:
+    """Which stages' adjoints the partner sweep computes (the others are zero): one VJP each."""
+    partner, m = tableau.symplectic_partner, tableau.needed_stages
+    active = [False] * m
+    for i in reversed(range(m)):
+        active[i] = not partner.zero_weight[i] or any(j < m and active[j] for j, _ in partner.sweep_pairs(i))
+    return active

@@ -19,7 +19,8 @@ class ODEBlock(nn.Module):
         func: the vector field ``func(t, y)`` (an ``nn.Module``: its parameters get gradients).
         t1, t0: the integration interval; ``t1`` may be changed during training
             (see :class:`nodeopt.optim.IntegrationTimeOptimizer`).
-        rtol, atol, method, options, gradient: passed to :func:`nodeopt.solve`.
+        rtol, atol, method, options, gradient, compile: passed to :func:`nodeopt.solve`
+            (``compile=True``: every step a compiled graph; see :func:`nodeopt.solve`).
         return_all: return the states at all times ``(len(t), ...)`` rather than only the last.
 
     Attributes:
@@ -35,12 +36,13 @@ class ODEBlock(nn.Module):
     def __init__(self, func: nn.Module, t1: float = 1.0, t0: float = 0.0, *, rtol: float = 1e-3,
                  atol: float = 1e-3, method: Union[str, RungeKutta, None] = "dopri5",
                  options: Optional[dict] = None, gradient: Union[str, GradientMethod] = "symplectic",
-                 return_all: bool = False):
+                 return_all: bool = False, compile: Union[bool, str] = False):
         super().__init__()
         self.func = func
         self.register_buffer("times", torch.tensor([float(t0), float(t1)], dtype=torch.float64))
         self.rtol, self.atol, self.method, self.options = rtol, atol, method, options
         self.gradient = gradient
+        self.compile = compile
         self.return_all = return_all
         self.track_time_gradient = False
         self.stats: Optional[Stats] = None
@@ -71,7 +73,7 @@ class ODEBlock(nn.Module):
     def forward(self, x, times: Optional[torch.Tensor] = None):
         t = self.solve_times(times)
         sol = solve(self.func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options,
-                    gradient=self.gradient)
+                    gradient=self.gradient, compile=self.compile)
         self.stats = sol.stats
         self.solves.append(sol.stats)
         self.remember(x, t)
@@ -94,4 +96,4 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"t=[{float(self.times[0]):g}, {self.t1:g}], method={self.method!r}, gradient={self.gradient!r}, "
-                f"rtol={self.rtol}, atol={self.atol}")
+                f"rtol={self.rtol}, atol={self.atol}" + (f", compile={self.compile!r}" if self.compile else ""))

@@ -19,6 +19,7 @@ only where the compiler fuses or reorders floating-point operations (float32 rou
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 import types
 import weakref
@@ -32,6 +33,10 @@ from .tableau import Tableau
 
 #: ``compile=`` accepts True (``"default"``) or one of torch.compile's modes.
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: The torch.compile backend. The test suite checks tracing, caching and the arithmetic of most
+#: configurations under "aot_eager" (the same graphs, run by ATen, without code generation) and the
+#: generated code itself on the main paths under "inductor".
+BACKEND = "inductor"
 
 
 def compile_mode(compile: Union[bool, str, None]) -> Optional[str]:
@@ -66,15 +71,22 @@ def _graphs_compiled() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
+_SERIAL = itertools.count()
+
+
 def _fresh_code(fn: Callable) -> Callable:
-    """``fn`` with its own code object.
+    """``fn`` with a code object of its own, under a name of its own.
 
     TorchDynamo keeps its compiled graphs on the code object, at most
-    ``recompile_limit`` (8) per object, and falls back to eager beyond that. The step
-    bodies are closures of a few functions shared by every field, tableau and
-    configuration; a code object per configuration gives each its own cache.
+    ``recompile_limit`` (8) per object, and falls back to eager beyond that; and it
+    remembers which input sizes changed between calls (automatic dynamic shapes) per
+    file, line and name. The step bodies are closures of a few functions shared by every
+    field, tableau and configuration: a code object and a name per configuration give
+    each its own cache and its own record of sizes.
     """
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    name = f"{fn.__code__.co_name}_{next(_SERIAL)}"
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 class Graph:
@@ -88,7 +100,8 @@ class Graph:
 
     def __init__(self, body: Callable, mode: str, what: str):
         self.what = what
-        self.fn = torch.compile(_fresh_code(body), fullgraph=True, mode=None if mode == "default" else mode)
+        options = dict(mode=None if mode == "default" else mode) if BACKEND == "inductor" else {}
+        self.fn = torch.compile(_fresh_code(body), fullgraph=True, backend=BACKEND, **options)
 
     def __call__(self, log: CompileLog, *args):
         before, start = _graphs_compiled(), time.perf_counter()
@@ -118,7 +131,7 @@ def graph_for(func: Callable, key: tuple, build: Callable[[], Callable], mode: s
     it, so that the cache does not keep ``func`` alive. A bound method is kept under its instance.
     """
     owner, key = (func.__self__, (func.__func__,) + key) if isinstance(func, types.MethodType) else (func, key)
-    key = key + (mode,)
+    key = key + (mode, BACKEND)
     try:
         graphs = _GRAPHS.setdefault(owner, {})
     except TypeError:  # not weakly referenceable: compiled for this solve only
