@@ -156,12 +156,13 @@ def test_exact_picks_each_strategy_at_a_budget_that_forces_it(method):
     budgets = {k: v / PLANNED_FRACTION for k, v in planned.items()}  # Exact plans tensors for that part of it
     assert c.symplectic + c.stage_bytes < c.aca  # so that the "symplectic" budget leaves no room for ACA
     for strategy, budget in budgets.items():
-        ys, g, stats = _solve_grads(field, y0, t, method, nodeopt.Exact(memory=budget))
+        ys, g, stats = _solve_grads(field, y0, t, method, nodeopt.Exact(memory=budget, choose="fixed"))
         assert stats.strategy.split(" (1 in")[0] == strategy, (budget, stats.strategy)
         assert torch.equal(ys, ys_ref)
         assert _rel(g, g_ref) < 1e-10, (strategy, _rel(g, g_ref))
         assert 0 < stats.estimated_peak_bytes <= budget, strategy
-    stored = nodeopt.solve(field, y0, t, method=method, options=step_options(method), gradient="exact")
+    stored = nodeopt.solve(field, y0, t, method=method, options=step_options(method),
+                           gradient=nodeopt.Exact(choose="fixed"))
     assert stored.stats.strategy == "symplectic-stored"  # before the backward pass: the plan
 
 
@@ -175,6 +176,45 @@ def test_exact_equals_backprop_for_every_tableau_at_every_budget(method, reverse
         ys, g, stats = _solve_grads(field, y0, t, method, nodeopt.Exact(memory=budget))
         assert torch.equal(ys, ys_ref)
         assert _rel(g, g_ref) < 1e-10, (budget, stats.strategy, _rel(g, g_ref))
+
+
+# ---- Exact ranks the strategies by measured time --------------------------------------------------
+
+
+def test_exact_measures_each_strategy_once_per_field_and_shape():
+    field, y0, t, ys_ref, g_ref, ref = _setup("dopri5", t_end=3.0)
+    ys, g, first = _solve_grads(field, y0, t, "dopri5", nodeopt.Exact())
+    assert "measured on this solve" in first.strategy
+    assert all(f"{name} " in first.strategy for name in ("symplectic-stored", "checkpoint", "symplectic"))
+    assert _rel(g, g_ref) < 1e-10
+    ys, g, later = _solve_grads(field, y0, t, "dopri5", nodeopt.Exact())
+    assert "measured on an earlier solve" in later.strategy and _rel(g, g_ref) < 1e-10
+    # the measurement's evaluations are not the solve's: both report the same work
+    assert (first.nfe, first.nfe_backward, first.nvjp_backward) == (later.nfe, later.nfe_backward, later.nvjp_backward)
+    _, _, other_shape = _solve_grads(field, y0[:2].detach().requires_grad_(True), t, "dopri5", nodeopt.Exact())
+    assert "measured on this solve" in other_shape.strategy
+
+
+@pytest.mark.parametrize("fastest", ["symplectic-stored", "checkpoint", "symplectic"])
+def test_exact_runs_the_fastest_measured_strategy_that_fits(fastest):
+    from nodeopt.gradients.exact import _MEASURED
+    field, y0, t, ys_ref, g_ref, ref = _setup("dopri5", t_end=3.0)
+    problem = make_problem(field, y0.detach(), t, RTOL, ATOL, "dopri5", None)
+    order = [fastest] + [k for k in ("symplectic-stored", "checkpoint", "symplectic") if k != fastest]
+    _MEASURED._table(field)[_MEASURED.key(problem)] = {k: 1e-3 * (i + 1) for i, k in enumerate(order)}
+    ys, g, stats = _solve_grads(field, y0, t, "dopri5", nodeopt.Exact())  # every strategy fits
+    assert stats.strategy.split(";")[0] == fastest
+    assert _rel(g, g_ref) < 1e-10
+    # with room for neither stored stages nor an ACA step, the recomputing symplectic step runs whatever the times
+    c = _costs(field, y0, t, "dopri5")
+    tight = (ref.n_steps * c.state + c.symplectic) / PLANNED_FRACTION
+    ys, g, stats = _solve_grads(field, y0, t, "dopri5", nodeopt.Exact(memory=tight))
+    assert stats.strategy.split(";")[0] == "symplectic" and _rel(g, g_ref) < 1e-10
+
+
+def test_a_bad_way_to_choose_is_refused():
+    with pytest.raises(ValueError, match=r"choose='fastest' is not a way to choose; use 'measured' .* or 'fixed'"):
+        nodeopt.Exact(choose="fastest")
 
 
 def test_exact_by_name_uses_half_the_free_memory(monkeypatch):

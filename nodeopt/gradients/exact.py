@@ -26,6 +26,15 @@ adds about one forward solve on top. :class:`Exact` therefore decides per step:
    the memory held now plus one ACA step's graph fits the budget → ACA; else →
    the symplectic step that recomputes its stages.
 
+That order is what the table above says on one machine; on another field, device or with
+``compile=True`` it can differ (stored stages ran 1.06–1.10× ACA's time on a 43-D MLP).
+So by default (``choose="measured"``) Exact times one backward step of each strategy on
+the first solve of a field and state shape (:func:`measure_step_costs`, on that solve's
+last step, after an untimed warm-up that also compiles), keeps the times per field, shape,
+dtype, device, tableau and compile setting, and from then on takes, per step, the fastest
+strategy that fits; the forward pass stores stages only where the measured times say they
+pay off. ``stats.strategy`` lists the strategies run and the times they were chosen by.
+
 The memory model, in bytes: ``S`` one state, ``U`` one network use, ``P`` the
 parameters (one gradient buffer and the running sum), ``m`` needed stages:
 a symplectic step holds ``2U + 3mS + 2P`` (a use and its backward's buffers; the
@@ -39,8 +48,11 @@ costs one evaluation per solve, counted in ``stats.nfe``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -49,6 +61,7 @@ import torch
 from ..solvers.loop import StageStore
 from ..solvers.problem import Problem
 from ..solvers.solution import Stats
+from ..solvers.compiled import BACKEND
 from .base import register
 from .checkpoint import Checkpoint
 from .memory import free_bytes, saved_tensor_bytes
@@ -62,6 +75,8 @@ DEFAULT_FRACTION = 0.5  # of the memory free on the state's device, for memory=N
 PLANNED_FRACTION = 0.65  # of the budget planned for tensors; the rest is the allocator's slack (see Exact)
 MIN_STATES = 8  # fewer kept states would make the recomputation of the dropped ones grow quadratically
 ORDER = ("symplectic-stored", "checkpoint", "symplectic")
+CHOICES = ("measured", "fixed")
+TIMED_REPEATS = 3  # timed runs of each strategy's step (the least is kept), after one untimed warm-up
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -122,6 +137,14 @@ class BudgetTrajectory(ThinnedTrajectory):
     stored: list[int] = field(default_factory=list)
     peak: float = 0.0
     used: dict = field(default_factory=dict)
+    seconds: Optional[dict] = None  # measured seconds of one backward step per strategy, if known
+    measured_now: bool = False  # whether this solve's backward measured them
+
+    def faster(self, a: str, b: str) -> bool:
+        """Whether strategy ``a`` is faster than ``b``: measured, or else in the fixed order."""
+        if self.seconds is None:
+            return ORDER.index(a) < ORDER.index(b)
+        return self.seconds[a] < self.seconds[b]
 
     def persistent(self) -> int:
         return self.kept * self.costs.state + len(self.stored) * self.costs.stage_bytes
@@ -137,7 +160,9 @@ class BudgetTrajectory(ThinnedTrajectory):
         while self.stored and self.persistent() + reserve > self.budget:
             self.stages[self.stored.pop()] = None
         self.thin()
-        if stages is not None and self.stride == 1:
+        # Stored stages pay only where they beat what the step would run without them.
+        if stages is not None and self.stride == 1 and self.faster(
+                "symplectic-stored", "checkpoint" if reserve == c.aca else "symplectic"):
             if self.persistent() + c.stage_bytes + reserve <= self.budget:
                 self.stages[-1] = stages
                 self.stored.append(len(self.hs) - 1)
@@ -146,7 +171,8 @@ class BudgetTrajectory(ThinnedTrajectory):
     def planned(self) -> str:
         """What the backward pass will do, as ``Stats.strategy`` reports it (before it runs)."""
         n, c = len(self), self.costs
-        rest = "checkpoint" if self.persistent() + c.aca <= self.budget else "symplectic"
+        fits = self.persistent() + c.aca <= self.budget
+        rest = "checkpoint" if fits and self.faster("checkpoint", "symplectic") else "symplectic"
         self.used = {"symplectic-stored": len(self.stored), rest: n - len(self.stored)}
         return self.describe()
 
@@ -154,6 +180,10 @@ class BudgetTrajectory(ThinnedTrajectory):
         names = "+".join(k for k in ORDER if self.used.get(k))
         if self.stride > 1:
             names += f"; step states checkpointed (1 in {self.stride} kept)"
+        if self.seconds is not None:
+            when = "this solve" if self.measured_now else "an earlier solve"
+            times = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+            names += f"; fastest that fits by one step's time measured on {when}: {times}"
         return names
 
 
@@ -169,6 +199,9 @@ class Exact(StepReplay):
     ``stats.estimated_peak_bytes`` the peak the model expected.
 
     Args:
+        choose: ``"measured"`` (default): rank the strategies by one backward step of each, timed
+            on the first solve of each field and state shape (see the module docstring);
+            ``"fixed"``: rank them in the order of the table above, without measuring.
         memory: the bytes the gradient computation may hold (an int, or a string such as
             ``"256MB"`` or ``"1.5GiB"``): step states, stored stages, and the backward
             pass's working memory, parameter-gradient buffers included. ``None``
@@ -188,14 +221,20 @@ class Exact(StepReplay):
 
     Raises:
         ValueError: ``memory`` is not a size (negative, not finite, a bool, or a string
-            without a known unit).
+            without a known unit), or ``choose`` is not one of ``"measured"``, ``"fixed"``.
     """
 
     name = "exact"
 
-    def __init__(self, memory: Union[int, float, str, None] = None):
+    def __init__(self, memory: Union[int, float, str, None] = None, *, choose: str = "measured"):
         self.memory = None if memory is None else parse_bytes(memory, name="memory")
+        if choose not in CHOICES:
+            raise ValueError(f"choose={choose!r} is not a way to choose; use 'measured' (time each strategy once "
+                             f"per field and shape) or 'fixed' (the documented order)")
+        self.choose = choose
         self._symplectic, self._aca = SymplecticAdjoint(), Checkpoint()
+        self._methods = {"symplectic-stored": self._symplectic, "checkpoint": self._aca,
+                         "symplectic": self._symplectic}
 
     def budget(self, problem: Problem) -> float:
         """The budget of one solve, in bytes."""
@@ -214,7 +253,8 @@ class Exact(StepReplay):
             log.warning("Exact(memory=%.0f bytes) leaves %.0f bytes for tensors, below the %d bytes of the least "
                         "memory this solve runs at (%d step states and one symplectic step); running at that least",
                         budget / PLANNED_FRACTION, budget, least, MIN_STATES)
-        return BudgetTrajectory(capacity=max(capacity, MIN_STATES), budget=budget, costs=costs)
+        seconds = _MEASURED.get(problem) if self.choose == "measured" else None
+        return BudgetTrajectory(capacity=max(capacity, MIN_STATES), budget=budget, costs=costs, seconds=seconds)
 
     def recorded(self, traj: BudgetTrajectory, stats: Stats) -> None:
         stats.strategy = traj.planned()
@@ -222,6 +262,9 @@ class Exact(StepReplay):
 
     def backward(self, ctx: BackwardContext, traj: BudgetTrajectory, grad_outputs: torch.Tensor) -> torch.Tensor:
         traj.used = {}
+        if self.choose == "measured" and traj.seconds is None and len(traj):
+            traj.seconds = _MEASURED.measure(ctx, traj, self._methods)
+            traj.measured_now = True
         grad = super().backward(ctx, traj, grad_outputs)
         ctx.stats.strategy = traj.describe() or ctx.stats.strategy
         ctx.stats.estimated_peak_bytes = int(traj.peak)
@@ -234,14 +277,87 @@ class Exact(StepReplay):
         held = ctx.walk.held * c.state + len(traj.stored) * c.stage_bytes
         if stages is not None:
             traj.stored.pop()  # this step's (steps are walked in reverse, stored in order)
-            choice, method, work = "symplectic-stored", self._symplectic, c.symplectic
-        elif held + c.aca <= traj.budget:
-            choice, method, work = "checkpoint", self._aca, c.aca
-        else:
-            choice, method, work = "symplectic", self._symplectic, c.symplectic
+        fitting = ["symplectic"] + (["checkpoint"] if held + c.aca <= traj.budget else []) + \
+            (["symplectic-stored"] if stages is not None else [])
+        choice = min(fitting, key=lambda k: traj.seconds[k] if traj.seconds is not None else ORDER.index(k))
         traj.used[choice] = traj.used.get(choice, 0) + 1
-        traj.peak = max(traj.peak, held + work)
-        return method.step_backward(ctx, t_first, h, t_last, t, y, lam, stages=stages)
+        traj.peak = max(traj.peak, held + (c.aca if choice == "checkpoint" else c.symplectic))
+        return self._methods[choice].step_backward(ctx, t_first, h, t_last, t, y, lam,
+                                                   stages=stages if choice == "symplectic-stored" else None)
 
     def __repr__(self) -> str:
-        return "Exact()" if self.memory is None else f"Exact(memory={self.memory:.0f})"
+        args = ([] if self.memory is None else [f"memory={self.memory:.0f}"]) + \
+            ([] if self.choose == "measured" else [f"choose={self.choose!r}"])
+        return f"Exact({', '.join(args)})"
+
+
+class StepTimes:
+    """Measured seconds of one backward step per strategy, kept per field and configuration.
+
+    The key is the state's shape, dtype and device, the tableau and the compile setting: what a
+    step's cost depends on besides the field, which is kept weakly.
+    """
+
+    def __init__(self):
+        self._times: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def key(problem: Problem) -> tuple:
+        y = problem.y0
+        return (tuple(y.shape), y.dtype, str(y.device), problem.method.tableau, problem.compile, BACKEND)
+
+    def _table(self, func) -> dict:
+        try:
+            return self._times.setdefault(func, {})
+        except TypeError:  # a field that cannot be weakly referenced: measured on every solve
+            return {}
+
+    def get(self, problem: Problem) -> Optional[dict]:
+        return self._table(problem.func).get(self.key(problem))
+
+    def measure(self, ctx: BackwardContext, traj: "BudgetTrajectory", methods: dict) -> dict:
+        """Time each strategy's backward of the last recorded step; keep and return the seconds."""
+        seconds = measure_step_costs(ctx, traj, methods)
+        self._table(ctx.func)[self.key(ctx.problem)] = seconds
+        return seconds
+
+
+_MEASURED = StepTimes()
+
+
+def measure_step_costs(ctx: BackwardContext, traj: "BudgetTrajectory", methods: dict) -> dict:
+    """Seconds of one backward step of each strategy, on the trajectory's last step.
+
+    Each runs once untimed (a warm-up, and with ``compile=True`` its compilation), then
+    ``TIMED_REPEATS`` times interleaved with the others; the least time is kept. The runs
+    use a scratch copy of the context: the gradients and counters of the solve are untouched
+    (the evaluations they cost are not counted in its statistics).
+    """
+    n = len(traj) - 1
+    t_first, h, t_last, t, y = traj.step(n)
+    if y is None:  # a dropped state: recompute it from the last kept one
+        k = max(i for i in range(n + 1) if traj.ys[i] is not None)
+        y = traj.ys[k]
+        for i in range(k, n):
+            y = ctx.advance(traj, i, y)
+    stages = traj.stages[n]
+    if stages is None:
+        _, ks = ctx.stepper.step(ctx.tableau.truncated, t_first, t, h, t_last, y)
+        stages = ks[:ctx.tableau.needed_stages - 1]
+    lam = torch.ones_like(y)
+    nfe = ctx.f.nfe
+    scratch = copy.copy(ctx)
+    sync = torch.cuda.synchronize if y.is_cuda else (lambda: None)
+    best = {k: math.inf for k in methods}
+    for repeat in range(TIMED_REPEATS + 1):
+        for name, method in methods.items():
+            scratch.stats, scratch.param_grads = Stats(), [None] * len(ctx.params)
+            sync()
+            start = time.perf_counter()
+            method.step_backward(scratch, t_first, h, t_last, t, y, lam,
+                                 stages=stages if name == "symplectic-stored" else None)
+            sync()
+            if repeat:
+                best[name] = min(best[name], time.perf_counter() - start)
+    ctx.f.nfe = nfe
+    return best

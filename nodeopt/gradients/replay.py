@@ -31,6 +31,7 @@ class BackwardContext:
     """What a step's backward needs: the vector field, tableau, parameters and counters."""
 
     def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats):
+        self.problem = problem
         self.f = problem.dynamics
         self.sign = problem.sign
         # With a listener, evaluations that will be differentiated are announced.
