@@ -13,10 +13,12 @@ one network use, but the gradient is only as accurate as the backward solve
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Union
 
 import torch
 
+from ..solvers.compiled import traced_field
 from ..solvers.methods import RungeKutta
 from ..solvers.problem import Problem, make_problem
 from ..solvers.solution import Stats
@@ -69,11 +71,10 @@ def _seminorm(scaled: tuple[torch.Tensor, ...]) -> float:
 class _AugmentedDynamics:
     """``(y, λ, g...) -> (f, -Jᵀλ, -(∂f/∂θ)ᵀλ...)`` in the forward problem's loop time."""
 
-    def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...], stats: Stats):
+    def __init__(self, problem: Problem, params: tuple[torch.Tensor, ...]):
         self.f = problem.dynamics
         self.sign = problem.sign
         self.params = params
-        self.stats = stats
 
     def __call__(self, s: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         y, lam = state[0], state[1]
@@ -84,10 +85,57 @@ class _AugmentedDynamics:
             with observe.announce(self.sign * float(s), 1.0, 1.0):
                 fy = self.f(float(s), y)
             grads = torch.autograd.grad(fy, (y,) + self.params, -lam, allow_unused=True)
-        self.stats.nvjp_backward += 1
         vjps = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads[1:], self.params))
         dy = fy.detach()
         return (dy, grads[0] if grads[0] is not None else torch.zeros_like(lam)) + vjps
+
+
+class _TracedAugmented:
+    """The augmented field of a compiled backward solve: ``torch.func.vjp`` where the eager one has
+    ``autograd.grad``, so that TorchDynamo can trace it into the backward solve's step graph.
+
+    One per forward field and configuration (:func:`_traced_augmented`), so that the backward
+    solves of every iteration reuse its graphs; it holds the field weakly, so that those cached
+    graphs do not keep the field alive.
+    """
+
+    def __init__(self, problem: Problem, names: tuple[str, ...]):
+        self.func = weakref.ref(problem.func)
+        self.field = traced_field(problem.spec, problem.sign, problem.dynamics.time_dtype)
+        self.names = names
+
+    def __call__(self, s: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        func, names = self.func(), self.names
+        y, lam = state[0], state[1]
+        params = tuple(func.get_parameter(name) for name in names)
+
+        def f(x, p):
+            return self.field(lambda *a: torch.func.functional_call(func, dict(zip(names, p)), a), s, x)
+
+        fy, pull = torch.func.vjp(f, y, params)
+        g_y, g_p = pull(-lam)
+        return (fy, g_y) + tuple(g_p)
+
+
+_AUGMENTED: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def _traced_augmented(problem: Problem, params: tuple[torch.Tensor, ...]) -> Optional[_TracedAugmented]:
+    """The cached traced augmented field of ``problem``'s field, or None where it cannot serve
+    (the field is no ``nn.Module``, or ``params`` are not all its parameters)."""
+    func = problem.func
+    if not isinstance(func, torch.nn.Module):
+        return None
+    names = {id(p): name for name, p in func.named_parameters()}
+    if not all(id(p) in names for p in params):
+        return None
+    names = tuple(names[id(p)] for p in params)
+    key = (names, problem.spec.is_tuple, problem.spec.shapes if problem.spec.is_tuple else None, problem.sign,
+           problem.dynamics.time_dtype)
+    table = _AUGMENTED.setdefault(func, {})
+    if key not in table:
+        table[key] = _TracedAugmented(problem, names)
+    return table[key]
 
 
 class _AdjointFunction(torch.autograd.Function):
@@ -105,7 +153,10 @@ class _AdjointFunction(torch.autograd.Function):
     def backward(ctx, grad_ys):
         (ys,) = ctx.saved_tensors
         problem, params, stats = ctx.problem, ctx.params, ctx.stats
-        aug = _AugmentedDynamics(problem, params, stats)
+        compile = problem.compile if not observe.is_listening() else None
+        aug = (_traced_augmented(problem, params) if compile else None) or _AugmentedDynamics(problem, params)
+        if isinstance(aug, _AugmentedDynamics):
+            compile = None
         args = ctx.method.backward_problem_args(problem)
         times = problem.times
         lam = grad_ys[-1]
@@ -113,9 +164,14 @@ class _AdjointFunction(torch.autograd.Function):
         for i in range(len(times) - 1, 0, -1):
             state = (ys[i], lam) + grads
             span = torch.tensor([times[i], times[i - 1]], dtype=torch.float64)
-            back = make_problem(aug, state, span, args["rtol"], args["atol"], args["method"], args["options"])
+            back = make_problem(aug, state, span, args["rtol"], args["atol"], args["method"], args["options"],
+                                compile=compile)
             result = back.run()
+            stats.nvjp_backward += back.dynamics.nfe
+            problem.compile_log.seconds += back.compile_log.seconds
+            problem.compile_log.graphs += back.compile_log.graphs
             end = back.spec.unflatten(result.outputs[-1])
             lam = end[1] + grad_ys[i - 1]
             grads = tuple(end[2:])
+        stats.compile_seconds, stats.compiled_graphs = problem.compile_log.seconds, problem.compile_log.graphs
         return (None, None, None, None, lam, *grads)

@@ -57,6 +57,8 @@ class CNF(nn.Module):
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         z = state[0]
+        if torch.compiler.is_compiling():
+            return self._traced(t, state)
         outer = torch.is_grad_enabled()
         with torch.enable_grad():
             # Without an outer graph, differentiate a fresh leaf: a view taken under no_grad of a tensor that
@@ -68,6 +70,26 @@ class CNF(nn.Module):
                 div = self._divergence(dz, z, create_graph=outer)
         if not outer:
             dz, div = dz.detach(), div.detach()
+        return dz, -div.reshape(z.shape[0], 1).to(state[1].dtype)
+
+    def _traced(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """The same field inside a compiled solve (``compile=True``): the divergence by ``torch.func.vjp``.
+
+        TorchDynamo cannot trace ``torch.autograd.grad``; a function transform it can, and the
+        graph it becomes is differentiable like any other. No listener is announced to inside a
+        compiled solve, so nothing needs muting. The Hutchinson noise is drawn by the solve's first
+        evaluation, which runs eagerly.
+        """
+        z = state[0]
+        dz, pull = torch.func.vjp(lambda x: self.net(t, x), z)
+        if self.divergence == "exact":
+            flat = z.reshape(z.shape[0], -1)
+            eye = torch.eye(flat.shape[1], dtype=z.dtype, device=z.device)
+            div = sum(pull(eye[i].expand_as(flat).reshape(z.shape))[0].reshape(flat.shape)[:, i]
+                      for i in range(flat.shape[1]))
+        else:
+            e = self._noise
+            div = (pull(e)[0] * e).reshape(z.shape[0], -1).sum(dim=1)
         return dz, -div.reshape(z.shape[0], 1).to(state[1].dtype)
 
     def _divergence(self, dz: torch.Tensor, z: torch.Tensor, create_graph: bool) -> torch.Tensor:
