@@ -38,6 +38,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.train_loop
 	$(PY) -m benchmarks.distributed
 	$(PY) -m benchmarks.soak
+	$(PY) -m benchmarks.peers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

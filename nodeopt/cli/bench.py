@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = ("solvers", "gradients", "optimizers", "snopt_stability", "snopt_stress", "train_loop", "distributed",
-              "soak")
+              "soak", "peers")
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..solvers.compiled import graph_for, resolved, traced_field
+from ..solvers.compiled import graph_for, resolved, traced_field, unpack
 from ..solvers.step import rk_step
 from ..solvers.tableau import Tableau
 from .base import register
@@ -41,7 +41,9 @@ def _rerun_body(field, tableau: Tableau, names: tuple[str, ...]):
     """The vector–Jacobian product of one step, ``(λ_{n+1}) -> (λ_n, dL/dθ)``, as one traceable function."""
     resolved(tableau)
 
-    def backward_step(func, t_first, t, h, t_last, y, lam, params):
+    def backward_step(func, times, y, lam, params):
+        t_first, t, h, t_last = unpack(times)
+
         def step(x, p):
             def f(s, z):
                 return field(lambda *a: torch.func.functional_call(func, dict(zip(names, p)), a), s, z)
@@ -60,7 +62,7 @@ def _compiled_step_backward(ctx: BackwardContext, t_first: float, h: float, t_la
     graph = graph_for(ctx.func, key, lambda: _rerun_body(traced_field(dyn.spec, dyn.sign, dyn.time_dtype), tab,
                                                          ctx.param_names),
                       stepper.mode, f"the re-run and backward of one {tab.name} step of func")
-    grad_y, grads = graph(ctx.compile_log, ctx.func, *stepper.times(t_first, t, h, t_last), y, lam, ctx.params)
+    grad_y, grads = graph(ctx.compile_log, ctx.func, stepper.times(t_first, t, h, t_last), y, lam, ctx.params)
     dyn.nfe += tab.stages  # each evaluation is differentiated: counted as a VJP, not as a backward evaluation
     ctx.accumulate(grads)
     return grad_y

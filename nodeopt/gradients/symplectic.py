@@ -23,7 +23,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..solvers.compiled import graph_for, resolved, traced_field
+from ..solvers.compiled import graph_for, resolved, traced_field, unpack
 from ..solvers.loop import StageStore
 from ..solvers.step import lincomb
 from ..solvers.tableau import Tableau
@@ -122,7 +122,9 @@ def _partner_body(field, tableau: Tableau, names: tuple[str, ...], stored: bool)
     resolved(tableau)
     partner, m = tableau.symplectic_partner, tableau.needed_stages
 
-    def backward_step(func, t_first, t, h, t_last, y, lam, stages, params):
+    def backward_step(func, times_, y, lam, stages, params):
+        t_first, t, h, t_last = unpack(times_)
+
         def functional(p):
             return lambda s, x: torch.func.functional_call(func, dict(zip(names, p)), (s, x))
 
@@ -158,7 +160,7 @@ def _compiled_step_backward(ctx: BackwardContext, t_first: float, h: float, t_la
     graph = graph_for(ctx.func, key, lambda: _partner_body(traced_field(dyn.spec, dyn.sign, dyn.time_dtype), tab,
                                                            ctx.param_names, stored),
                       stepper.mode, f"the symplectic adjoint of one {tab.name} step of func")
-    lam_n, grads = graph(ctx.compile_log, ctx.func, *stepper.times(t_first, t, h, t_last), y, lam,
+    lam_n, grads = graph(ctx.compile_log, ctx.func, stepper.times(t_first, t, h, t_last), y, lam,
                          stages, ctx.params)
     m = tab.needed_stages
     vjps = sum(_active_stages(tab))

@@ -93,21 +93,29 @@ class Graph:
     """``body`` compiled as one graph; a failure to trace names the eager fallback.
 
     Calls that compile (the first, and a recompilation on a new shape) are timed into the
-    :class:`CompileLog` given to :meth:`__call__`. The backward graph of a differentiable
-    body is compiled together with the forward one (``force_non_lazy_backward_lowering``),
-    so that its compilation falls in that timed call rather than in a later backward pass.
+    :class:`CompileLog` given to :meth:`__call__`. On the first call in each grad mode the
+    backward graph of a differentiable body is compiled together with the forward one
+    (``force_non_lazy_backward_lowering``), so that its compilation falls in that timed call
+    rather than in a later backward pass (a recompilation for a new shape compiles its
+    backward lazily, when the backward pass first runs; that time is not counted).
     """
 
     def __init__(self, body: Callable, mode: str, what: str):
         self.what = what
+        self.warm = set()  # the grad modes called in so far (a first call in a mode compiles)
         options = dict(mode=None if mode == "default" else mode) if BACKEND == "inductor" else {}
         self.fn = torch.compile(_fresh_code(body), fullgraph=True, backend=BACKEND, **options)
 
     def __call__(self, log: CompileLog, *args):
         before, start = _graphs_compiled(), time.perf_counter()
+        mode = torch.is_grad_enabled()
         try:
-            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+            if mode in self.warm:
                 out = self.fn(*args)
+            else:
+                with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                    out = self.fn(*args)
+                self.warm.add(mode)
         except torch._dynamo.exc.TorchDynamoException as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CompileError(f"compile=True could not trace {self.what} into one graph: {reason}. Pass "
@@ -165,10 +173,16 @@ def resolved(tableau: Tableau) -> Tableau:
     return tableau
 
 
+def unpack(times: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(t_first, t, h, t1)`` from the one tensor :meth:`CompiledStepper.times` makes of them."""
+    return times[0], times[1], times[2], times[3]
+
+
 def _step_body(field: Callable, tableau: Tableau) -> Callable:
     resolved(tableau)
 
-    def step(func, t_first, t, h, t1, y, k1):
+    def step(func, times, y, k1):
+        t_first, t, h, t1 = unpack(times)
         f = functools.partial(field, func)
         return rk_step(f, tableau, t, h, t1, y, f(t_first, y) if k1 is None else k1)
     return step
@@ -177,7 +191,8 @@ def _step_body(field: Callable, tableau: Tableau) -> Callable:
 def _adaptive_body(field: Callable, tableau: Tableau, error_norm) -> Callable:
     resolved(tableau)
 
-    def adaptive(func, t_first, t, h, t1, y, k1):
+    def adaptive(func, times, y, k1):
+        t_first, t, h, t1 = unpack(times)
         f = functools.partial(field, func)
         y1, ks = rk_step(f, tableau, t, h, t1, y, f(t_first, y) if k1 is None else k1)
         y0, y1_, err = y.detach(), y1.detach(), rk_error(tableau, h, [k.detach() for k in ks])
@@ -212,9 +227,10 @@ class CompiledStepper(Stepper):
         self.device = spec.device
         self.key = (spec.is_tuple, spec.shapes if spec.is_tuple else None, dynamics.sign, dynamics.time_dtype)
 
-    def times(self, *values: float) -> list[torch.Tensor]:
-        """Loop times and step sizes as the 0-d float64 tensors the graphs take."""
-        return [torch.tensor(v, dtype=torch.float64, device=self.device) for v in values]
+    def times(self, t_first: float, t: float, h: float, t1: float) -> torch.Tensor:
+        """A step's first-stage time, start, size and end as the one float64 tensor the graphs take
+        (one host-to-device copy a step; see :func:`unpack`)."""
+        return torch.tensor((t_first, t, h, t1), dtype=torch.float64, device=self.device)
 
     def _graph(self, kind: str, tableau: Tableau) -> Graph:
         norm = self.error_norm
@@ -233,12 +249,12 @@ class CompiledStepper(Stepper):
             self.f.on_graph_output(y1, evaluations)
 
     def step(self, tableau, t_first, t, h, t1, y, k1=None):
-        y1, ks = self._graph("step", tableau)(self.log, self.f.func, *self.times(t_first, t, h, t1), y, k1)
+        y1, ks = self._graph("step", tableau)(self.log, self.f.func, self.times(t_first, t, h, t1), y, k1)
         self._count(tableau, k1, y1)
         return y1, list(ks)
 
     def adaptive(self, tableau, t_first, t, h, t1, y, k1=None):
-        y1, ks, ratio = self._graph("adaptive", tableau)(self.log, self.f.func, *self.times(t_first, t, h, t1), y, k1)
+        y1, ks, ratio = self._graph("adaptive", tableau)(self.log, self.f.func, self.times(t_first, t, h, t1), y, k1)
         self._count(tableau, k1, y1)
         ratio = float(ratio) if self.error_norm.norm is None else self.error_norm.reduce(ratio)
         return y1, list(ks), ratio
