@@ -73,7 +73,7 @@ Extra rows (per workload, ``Workload.extra``): ``SymplecticAdjoint(store_stages=
 ``Exact()`` (``memory=None``: half the free memory), and checkpointed step states
 (``CheckpointedStates("symplectic", states=10 or 32)``: at most that many step states
 held at once). On ``cnf`` and ``long`` a **memory-budget sweep** first measures
-backprop's peak, then runs ``Exact(memory=B)`` for ``B`` = that peak / 2, / 10, / 50
+backprop's peak, then runs ``Exact(memory=B)`` for ``B`` = that peak / 2, / 10, / 30
 with the other methods (same rounds, same memory procedure), and reports which fixed
 exact methods fit in ``B`` (measured peak ≤ B) and Exact's time against the fastest
 of them. Goals: Exact's peak ≤ B plus one network use (measured as Exact measures it),
@@ -187,7 +187,7 @@ QUICK = {
     "long": dict(batch=16, width=64, t_end=4.0, repeats=1, extra=("symplectic-stored", "exact", "checkpointed-32")),
     "cnf-compiled": dict(batch=32, width=64, repeats=1, extra=("exact",)),
 }
-SWEEP_FRACTIONS = (2, 10, 50)  # Exact(memory=B) with B = backprop's measured peak / each
+SWEEP_FRACTIONS = (2, 10, 30)  # Exact(memory=B) with B = backprop's measured peak / each
 EXACT_TIME_GOAL = 1.1  # Exact's time / the fastest fixed exact method that fits in B
 FIXED_EXACT = ("backprop", "onecheckpoint", "checkpoint", "symplectic", "symplectic-stored", "checkpointed-10",
                "checkpointed-32")

@@ -181,14 +181,14 @@ class _Net(nn.Module):
         return self.head(F.relu(self.ode(F.relu(self.stem(x)))).mean((2, 3)))
 
 
-def _train_digits(seed, iterations, **snopt):
-    """Batch 64, SGD(lr 0.02, momentum 0.9) behind the original interface's SNOpt(net, eps=0.05,
-    update_freq=100, full_precond=True), dopri5 at 1e-3; the largest loss and the first loss."""
+def _train_digits(seed, iterations, lr=0.02, **snopt):
+    """Batch 64, SGD(lr, momentum 0.9) behind the original interface's SNOpt(net, eps=0.05,
+    update_freq=100, full_precond=True), dopri5 at 1e-3; the losses, stopping once diverged."""
     d = data.digits()
     torch.manual_seed(seed)
     net = _Net(Options(tol=1e-3, ode_solver="dopri5", snopt_step_size=0.01))
     precond = CompatSNOpt(net, eps=0.05, update_freq=100, full_precond=True, **snopt)
-    sgd = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
+    sgd = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     gen = _gen(seed)
     perm, pos, losses = torch.randperm(len(d.x_train), generator=gen), 0, []
     for _ in range(iterations):
@@ -208,18 +208,23 @@ def _train_digits(seed, iterations, **snopt):
     return losses
 
 
+# Whether a run at the edge of stability diverges depends on rounding: at lr 0.02 the original method
+# diverged on 2 of 5 seeds on one machine and on 0 of 4 (seed 3 included) on another of the same kind,
+# where the guards before the momentum guard still diverged on seeds 2 and 3. At lr 0.05 the original
+# method diverges on seed 3 within 20 iterations (loss 37 against 2.3), far from that edge.
 @pytest.mark.filterwarnings("ignore:SNOpt's step bound")
 @pytest.mark.parametrize("settings", [
-    dict(adaptive_damping=False, early_refresh=False, max_step=None),  # the original method
+    dict(lr=0.05, adaptive_damping=False, early_refresh=False, max_step=None),  # the original method
     dict(bound_momentum=False),  # the guards before the momentum guard
-])
+], ids=["original-method-lr0.05", "earlier-guards-lr0.02"])
 def test_the_small_conv_ode_diverges_without_the_momentum_guard(settings):
     losses = _train_digits(seed=3, iterations=60, **settings)
     assert not math.isfinite(losses[-1]) or losses[-1] > 10 * losses[0], losses  # diverged (loss > 10x its first)
 
 
 @pytest.mark.filterwarnings("ignore:SNOpt's step bound")
-def test_the_momentum_guard_keeps_the_small_conv_ode_training():
-    losses = _train_digits(seed=3, iterations=60)
+@pytest.mark.parametrize("lr", [0.02, 0.05])
+def test_the_momentum_guard_keeps_the_small_conv_ode_training(lr):
+    losses = _train_digits(seed=3, iterations=60, lr=lr)
     assert len(losses) == 60 and max(losses) < 3 * losses[0], losses
     assert sum(losses[-10:]) / 10 < losses[0] - 0.3  # and it learns: the loss falls well below the start

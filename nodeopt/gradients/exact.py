@@ -61,7 +61,7 @@ import torch
 from ..solvers.loop import StageStore
 from ..solvers.problem import Problem
 from ..solvers.solution import Stats
-from ..solvers.compiled import BACKEND
+from ..solvers import compiled
 from .base import register
 from .checkpoint import Checkpoint
 from .memory import free_bytes, saved_tensor_bytes
@@ -304,7 +304,7 @@ class StepTimes:
     @staticmethod
     def key(problem: Problem) -> tuple:
         y = problem.y0
-        return (tuple(y.shape), y.dtype, str(y.device), problem.method.tableau, problem.compile, BACKEND)
+        return (tuple(y.shape), y.dtype, str(y.device), problem.method.tableau, problem.compile, compiled.BACKEND)
 
     def _table(self, func) -> dict:
         try:
