@@ -253,3 +253,12 @@ class Counted(nn.Module):
 
     def callback_reject_step(self, t0, y0, dt):
         self.rejected += 1
+
+
+def workload_names(parser, text: str, known) -> list[str]:
+    """The comma-separated workload names of ``--workloads``; an unknown one stops the parser naming the known."""
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in names if w not in known]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {list(known)}")
+    return names

@@ -110,7 +110,8 @@ from torch import nn
 import nodeopt
 from nodeopt.nn import MLPField
 
-from .common import ROOT, Counted, describe, environment, gc_paused, interleaved, median, ratios, source_hash
+from .common import (ROOT, Counted, describe, environment, gc_paused, interleaved, median, ratios, source_hash,
+                     workload_names)
 
 try:
     import torchdiffeq
@@ -776,10 +777,7 @@ def main(argv=None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = [w for w in names if w not in WORKLOADS]
-    if unknown:
-        parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    names = workload_names(parser, args.workloads, WORKLOADS)
     if args.child:
         return child(names[0], args.method, args.quick)
 
