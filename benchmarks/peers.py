@@ -109,7 +109,7 @@ from torch import nn
 import nodeopt
 
 from .common import ROOT, Counted, describe, environment, interleaved, jsonable, median, ratios, timed
-from .common import timed_wall_and_cpu
+from .common import timed_wall_and_cpu, workload_names
 from .gradients import CONV_DECAY, CONV_SCALE, MLP_DECAY, MLP_SCALE, Scaled, _malloc_trim, _status_kb
 
 # One thread for XLA and the CPU platform: read when jax is first imported, which happens later (lazily).
@@ -620,8 +620,8 @@ def table(result: dict) -> str:
                      f"{_fmt(e.get('y_rel_diff'), '.1e')}{flag} | {_fmt(e.get('grad_rel_diff'), '.1e')} | "
                      f"{_fmt(e.get('compile_s'), '.1f')} |")
     lines += [f"| {SAM_NOTE} | | | | | | | | |", "",
-              "compile (s): first call minus second, in the memory subprocess (fresh process, empty torch.compile "
-              "cache) where it ran, else in this process (where rows sharing compiled graphs compile them once)."]
+              "compile (s): first call minus second in this process, whose torch.compile cache started empty (cold); "
+              "rows sharing compiled graphs compile them once, the first of them carrying the time."]
     return "\n".join(lines)
 
 
@@ -692,10 +692,7 @@ def main(argv=None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = [w for w in names if w not in WORKLOADS]
-    if unknown:
-        parser.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    names = workload_names(parser, args.workloads, WORKLOADS)
     if args.child:
         return child(names[0], args.row, args.quick)
 
