@@ -248,7 +248,9 @@ def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequ
     for n in range(len(grid) - 1):
         t, t1 = grid[n], grid[n + 1]
         h = t1 - t
-        y1, ks = stepper.step(tableau, t, t, h, t1, y)
+        # The first evaluation runs eagerly, as in the adaptive loop: it checks func's output, and a
+        # field with per-solve state (a CNF's Hutchinson noise) sets it there, outside any graph.
+        y1, ks = stepper.step(tableau, t, t, h, t1, y, f(t, y) if n == 0 else None)
         if traj is not None:
             traj.append(t, h, y, t, t1, stage_store.keep(ks) if stage_store is not None else None)
         y = y1
