@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..solvers.compiled import traced_field
+from ..solvers.compiled import parameter_names, substituted, traced_field
 from ..solvers.methods import RungeKutta
 from ..solvers.problem import Problem, make_problem
 from ..solvers.solution import Stats
@@ -109,10 +109,7 @@ class _TracedAugmented:
         y, lam = state[0], state[1]
         params = tuple(func.get_parameter(name) for name in names)
 
-        def f(x, p):
-            return self.field(lambda *a: torch.func.functional_call(func, dict(zip(names, p)), a), s, x)
-
-        fy, pull = torch.func.vjp(f, y, params)
+        fy, pull = torch.func.vjp(lambda x, p: self.field(substituted(func, names, p), s, x), y, params)
         g_y, g_p = pull(-lam)
         return (fy, g_y) + tuple(g_p)
 
@@ -123,13 +120,9 @@ _AUGMENTED: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionar
 def _traced_augmented(problem: Problem, params: tuple[torch.Tensor, ...]) -> Optional[_TracedAugmented]:
     """The cached traced augmented field of ``problem``'s field, or None where it cannot serve
     (the field is no ``nn.Module``, or ``params`` are not all its parameters)."""
-    func = problem.func
-    if not isinstance(func, torch.nn.Module):
+    func, names = problem.func, parameter_names(problem.func, params)
+    if names is None:
         return None
-    names = {id(p): name for name, p in func.named_parameters()}
-    if not all(id(p) in names for p in params):
-        return None
-    names = tuple(names[id(p)] for p in params)
     key = (names, problem.spec.is_tuple, problem.spec.shapes if problem.spec.is_tuple else None, problem.sign,
            problem.dynamics.time_dtype)
     table = _AUGMENTED.setdefault(func, {})
@@ -153,10 +146,8 @@ class _AdjointFunction(torch.autograd.Function):
     def backward(ctx, grad_ys):
         (ys,) = ctx.saved_tensors
         problem, params, stats = ctx.problem, ctx.params, ctx.stats
-        compile = problem.compile if not observe.is_listening() else None
-        aug = (_traced_augmented(problem, params) if compile else None) or _AugmentedDynamics(problem, params)
-        if isinstance(aug, _AugmentedDynamics):
-            compile = None
+        traced = _traced_augmented(problem, params) if problem.compile and not observe.is_listening() else None
+        aug, compile = (traced, problem.compile) if traced is not None else (_AugmentedDynamics(problem, params), None)
         args = ctx.method.backward_problem_args(problem)
         times = problem.times
         lam = grad_ys[-1]
@@ -168,10 +159,9 @@ class _AdjointFunction(torch.autograd.Function):
                                 compile=compile)
             result = back.run()
             stats.nvjp_backward += back.dynamics.nfe
-            problem.compile_log.seconds += back.compile_log.seconds
-            problem.compile_log.graphs += back.compile_log.graphs
+            problem.compile_log.add(back.compile_log)
             end = back.spec.unflatten(result.outputs[-1])
             lam = end[1] + grad_ys[i - 1]
             grads = tuple(end[2:])
-        stats.compile_seconds, stats.compiled_graphs = problem.compile_log.seconds, problem.compile_log.graphs
+        problem.compile_log.report(stats)
         return (None, None, None, None, lam, *grads)

@@ -67,7 +67,7 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
     else:
         ys = grad.solve(problem, params, stats)
     stats.nfe = problem.dynamics.nfe
-    stats.compile_seconds, stats.compiled_graphs = problem.compile_log.seconds, problem.compile_log.graphs
+    problem.compile_log.report(stats)
     return Solution(problem.spec.unflatten_stack(ys), problem.t, stats)
 
 

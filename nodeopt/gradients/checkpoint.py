@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from ..solvers.compiled import graph_for, resolved, traced_field, unpack
+from ..solvers.compiled import resolved, substituted, unpack
 from ..solvers.step import rk_step
 from ..solvers.tableau import Tableau
 from .base import register
@@ -45,8 +47,7 @@ def _rerun_body(field, tableau: Tableau, names: tuple[str, ...]):
         t_first, t, h, t_last = unpack(times)
 
         def step(x, p):
-            def f(s, z):
-                return field(lambda *a: torch.func.functional_call(func, dict(zip(names, p)), a), s, z)
+            f = functools.partial(field, substituted(func, names, p))
             return rk_step(f, tableau, t, h, t_last, x, f(t_first, x))[0]
 
         _, pull = torch.func.vjp(step, y, params)
@@ -57,12 +58,10 @@ def _rerun_body(field, tableau: Tableau, names: tuple[str, ...]):
 
 def _compiled_step_backward(ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
                             y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    tab, dyn, stepper = ctx.tableau.truncated, ctx.f, ctx.stepper
-    key = ("checkpoint", tab, ctx.param_names) + stepper.key
-    graph = graph_for(ctx.func, key, lambda: _rerun_body(traced_field(dyn.spec, dyn.sign, dyn.time_dtype), tab,
-                                                         ctx.param_names),
-                      stepper.mode, f"the re-run and backward of one {tab.name} step of func")
-    grad_y, grads = graph(ctx.compile_log, ctx.func, stepper.times(t_first, t, h, t_last), y, lam, ctx.params)
-    dyn.nfe += tab.stages  # each evaluation is differentiated: counted as a VJP, not as a backward evaluation
+    tab = ctx.tableau.truncated
+    graph = ctx.graph(("checkpoint", tab), lambda field: _rerun_body(field, tab, ctx.param_names),
+                      f"the re-run and backward of one {tab.name} step of func")
+    grad_y, grads = graph(ctx.compile_log, ctx.func, ctx.stepper.times(t_first, t, h, t_last), y, lam, ctx.params)
+    ctx.f.nfe += tab.stages  # each evaluation is differentiated: counted as a VJP, not as a backward evaluation
     ctx.accumulate(grads)
     return grad_y

@@ -140,11 +140,12 @@ class BudgetTrajectory(ThinnedTrajectory):
     seconds: Optional[dict] = None  # measured seconds of one backward step per strategy, if known
     measured_now: bool = False  # whether this solve's backward measured them
 
+    def rank(self, strategy: str) -> float:
+        """Lower is faster: the measured seconds of one step, or else the place in the fixed order."""
+        return self.seconds[strategy] if self.seconds is not None else ORDER.index(strategy)
+
     def faster(self, a: str, b: str) -> bool:
-        """Whether strategy ``a`` is faster than ``b``: measured, or else in the fixed order."""
-        if self.seconds is None:
-            return ORDER.index(a) < ORDER.index(b)
-        return self.seconds[a] < self.seconds[b]
+        return self.rank(a) < self.rank(b)
 
     def persistent(self) -> int:
         return self.kept * self.costs.state + len(self.stored) * self.costs.stage_bytes
@@ -279,7 +280,7 @@ class Exact(StepReplay):
             traj.stored.pop()  # this step's (steps are walked in reverse, stored in order)
         fitting = ["symplectic"] + (["checkpoint"] if held + c.aca <= traj.budget else []) + \
             (["symplectic-stored"] if stages is not None else [])
-        choice = min(fitting, key=lambda k: traj.seconds[k] if traj.seconds is not None else ORDER.index(k))
+        choice = min(fitting, key=traj.rank)
         traj.used[choice] = traj.used.get(choice, 0) + 1
         traj.peak = max(traj.peak, held + (c.aca if choice == "checkpoint" else c.symplectic))
         return self._methods[choice].step_backward(ctx, t_first, h, t_last, t, y, lam,

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
+from ..solvers.compiled import Graph, graph_for, parameter_names, traced_field
 from ..solvers.loop import Trajectory
 from ..solvers.problem import Problem
 from ..solvers.solution import Stats
@@ -54,14 +55,15 @@ class BackwardContext:
 
     @functools.cached_property
     def param_names(self) -> Optional[tuple[str, ...]]:
-        """The names of ``params`` in ``func`` (an ``nn.Module``) for ``torch.func.functional_call``,
-        or None when some parameter is not one of ``func``'s (a compiled replay then runs eagerly)."""
-        if not isinstance(self.func, torch.nn.Module):
-            return None
-        names = {id(p): name for name, p in self.func.named_parameters()}
-        if not all(id(p) in names for p in self.params):
-            return None
-        return tuple(names[id(p)] for p in self.params)
+        """The names of ``params`` in ``func`` (see :func:`~nodeopt.solvers.compiled.parameter_names`)."""
+        return parameter_names(self.func, self.params)
+
+    def graph(self, key: tuple, build: Callable[[Callable], Callable], what: str) -> Graph:
+        """The compiled graph of a step backward: ``build(field)``, with ``field`` the solve's traced field,
+        compiled once per field and ``key`` (plus the state's structure and the compile mode)."""
+        dyn, stepper = self.f, self.stepper
+        return graph_for(self.func, key + (self.param_names,) + stepper.key,
+                         lambda: build(traced_field(dyn.spec, dyn.sign, dyn.time_dtype)), stepper.mode, what)
 
     def stepper_for(self, h: float) -> Stepper:
         """What replays a step of size ``h``: the solve's stepper, or an eager one announcing stages when observed."""
@@ -204,6 +206,6 @@ class _Replay(torch.autograd.Function):
         with torch.no_grad():
             grad_y0 = ctx.method.backward(bctx, ctx.trajectory, grad_ys)
         stats.nfe_backward += problem.dynamics.nfe - nfe_before - (stats.nvjp_backward - nvjp_before)
-        stats.compile_seconds, stats.compiled_graphs = problem.compile_log.seconds, problem.compile_log.graphs
+        problem.compile_log.report(stats)
         param_grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(bctx.param_grads, ctx.params)]
         return (None, None, None, None, grad_y0, *param_grads)

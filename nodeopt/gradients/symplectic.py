@@ -23,7 +23,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..solvers.compiled import graph_for, resolved, traced_field, unpack
+from ..solvers.compiled import resolved, substituted, unpack
 from ..solvers.loop import StageStore
 from ..solvers.step import lincomb
 from ..solvers.tableau import Tableau
@@ -125,9 +125,6 @@ def _partner_body(field, tableau: Tableau, names: tuple[str, ...], stored: bool)
     def backward_step(func, times_, y, lam, stages, params):
         t_first, t, h, t_last = unpack(times_)
 
-        def functional(p):
-            return lambda s, x: torch.func.functional_call(func, dict(zip(names, p)), (s, x))
-
         times = [t_first] + [t_last if c == 1.0 else t + c * h for c in tableau.c[1:m]]
         states, ks = [y], []
         for i in range(1, m):
@@ -141,7 +138,8 @@ def _partner_body(field, tableau: Tableau, names: tuple[str, ...], stored: bool)
             if base is None and not pairs:
                 continue
             weight = h * partner.B[i]
-            _, pull = torch.func.vjp(lambda x, p, s=times[i]: field(functional(p), s, x), states[i], params)
+            _, pull = torch.func.vjp(lambda x, p, s=times[i]: field(substituted(func, names, p), s, x), states[i],
+                                     params)
             g_y, g_p = pull(lincomb(base, h, pairs, ells) * weight.to(y.dtype))
             ells[i] = g_y * (-1.0 / weight).to(y.dtype)
             grads = g_p if grads is None else tuple(a + b for a, b in zip(grads, g_p))
@@ -154,13 +152,11 @@ def _partner_body(field, tableau: Tableau, names: tuple[str, ...], stored: bool)
 def _compiled_step_backward(ctx: BackwardContext, t_first: float, h: float, t_last: float, t: float,
                             y: torch.Tensor, lam: torch.Tensor, stages: Optional[list]) -> torch.Tensor:
     """One symplectic step backward as a compiled graph (``compile=True``, nobody listening for stages)."""
-    tab, dyn, stepper = ctx.tableau, ctx.f, ctx.stepper
+    tab, dyn = ctx.tableau, ctx.f
     stored = stages is not None
-    key = ("symplectic", tab, ctx.param_names, stored) + stepper.key
-    graph = graph_for(ctx.func, key, lambda: _partner_body(traced_field(dyn.spec, dyn.sign, dyn.time_dtype), tab,
-                                                           ctx.param_names, stored),
-                      stepper.mode, f"the symplectic adjoint of one {tab.name} step of func")
-    lam_n, grads = graph(ctx.compile_log, ctx.func, stepper.times(t_first, t, h, t_last), y, lam,
+    graph = ctx.graph(("symplectic", tab, stored), lambda field: _partner_body(field, tab, ctx.param_names, stored),
+                      f"the symplectic adjoint of one {tab.name} step of func")
+    lam_n, grads = graph(ctx.compile_log, ctx.func, ctx.stepper.times(t_first, t, h, t_last), y, lam,
                          stages, ctx.params)
     m = tab.needed_stages
     vjps = sum(_active_stages(tab))

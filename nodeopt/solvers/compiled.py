@@ -66,6 +66,15 @@ class CompileLog:
     seconds: float = 0.0
     graphs: int = 0
 
+    def add(self, other: "CompileLog") -> None:
+        """Count another solve's compiling in this one's (the continuous adjoint's backward solves)."""
+        self.seconds += other.seconds
+        self.graphs += other.graphs
+
+    def report(self, stats) -> None:
+        """Write the totals so far into a :class:`~nodeopt.solvers.solution.Stats`."""
+        stats.compile_seconds, stats.compiled_graphs = self.seconds, self.graphs
+
 
 def _graphs_compiled() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -178,6 +187,23 @@ def unpack(times: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return times[0], times[1], times[2], times[3]
 
 
+def parameter_names(func, params) -> Optional[tuple[str, ...]]:
+    """The names of ``params`` in ``func`` (an ``nn.Module``), for :func:`substituted`; None when ``func``
+    is no module or some of ``params`` are not its parameters (a compiled backward then runs eagerly)."""
+    if not isinstance(func, torch.nn.Module):
+        return None
+    names = {id(p): name for name, p in func.named_parameters()}
+    if not all(id(p) in names for p in params):
+        return None
+    return tuple(names[id(p)] for p in params)
+
+
+def substituted(func: torch.nn.Module, names: tuple[str, ...], params) -> Callable:
+    """``func`` with the parameters ``names`` replaced by ``params`` (``torch.func.functional_call``),
+    so that ``torch.func.vjp`` can differentiate with respect to them inside a graph."""
+    return lambda *args: torch.func.functional_call(func, dict(zip(names, params)), args)
+
+
 def _step_body(field: Callable, tableau: Tableau) -> Callable:
     resolved(tableau)
 
@@ -226,6 +252,7 @@ class CompiledStepper(Stepper):
         self.field = traced_field(spec, dynamics.sign, dynamics.time_dtype)
         self.device = spec.device
         self.key = (spec.is_tuple, spec.shapes if spec.is_tuple else None, dynamics.sign, dynamics.time_dtype)
+        self._graphs: dict = {}
 
     def times(self, t_first: float, t: float, h: float, t1: float) -> torch.Tensor:
         """A step's first-stage time, start, size and end as the one float64 tensor the graphs take
@@ -233,6 +260,13 @@ class CompiledStepper(Stepper):
         return torch.tensor((t_first, t, h, t1), dtype=torch.float64, device=self.device)
 
     def _graph(self, kind: str, tableau: Tableau) -> Graph:
+        """The graph of a step (looked up in the per-field cache once per solve, then kept here)."""
+        graph = self._graphs.get((kind, tableau))
+        if graph is None:
+            graph = self._graphs[kind, tableau] = self._lookup(kind, tableau)
+        return graph
+
+    def _lookup(self, kind: str, tableau: Tableau) -> Graph:
         norm = self.error_norm
         if kind == "adaptive":
             key = (kind, tableau, _tolerance_key(norm.rtol), _tolerance_key(norm.atol), norm.norm is None) + self.key
