@@ -149,6 +149,8 @@ class _AdjointFunction(torch.autograd.Function):
         traced = _traced_augmented(problem, params) if problem.compile and not observe.is_listening() else None
         aug, compile = (traced, problem.compile) if traced is not None else (_AugmentedDynamics(problem, params), None)
         args = ctx.method.backward_problem_args(problem)
+        if compile is None or args["options"].get("norm") is not None:
+            args["options"].pop("sync_every", None)  # eager, or a norm of the user's: the host decides each step
         times = problem.times
         lam = grad_ys[-1]
         grads = tuple(torch.zeros_like(p) for p in params)

@@ -57,8 +57,9 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
         RuntimeError: when the solve fails (step size underflow, too many steps,
             NaN or inf from ``func``), or ``func`` cannot be compiled with ``compile=True``.
     """
-    problem = make_problem(func, y0, t, rtol, atol, method, options,
-                           compile=False if observe.is_listening() and compile_mode(compile) else compile)
+    if observe.is_listening() and compile_mode(compile):  # eager while listening: one step at a time
+        compile, options = False, {k: v for k, v in (options or {}).items() if k != "sync_every"}
+    problem = make_problem(func, y0, t, rtol, atol, method, options, compile=compile)
     grad = get_gradient(gradient)
     params = _params(func, adjoint_params)
     stats = Stats(strategy=grad.name)

@@ -259,36 +259,35 @@ class CompiledStepper(Stepper):
         (one host-to-device copy a step; see :func:`unpack`)."""
         return torch.tensor((t_first, t, h, t1), dtype=torch.float64, device=self.device)
 
-    def _graph(self, kind: str, tableau: Tableau) -> Graph:
-        """The graph of a step (looked up in the per-field cache once per solve, then kept here)."""
+    def graph(self, kind: tuple, tableau: Tableau, build: Callable[[], Callable], uses_norm: bool) -> Graph:
+        """The graph of ``build()``: looked up in the per-field cache (:func:`graph_for`) once per solve, then
+        kept here. ``kind`` names it and holds what its body closes over besides the tableau, the state's
+        structure and, when ``uses_norm``, the error norm's tolerances."""
         graph = self._graphs.get((kind, tableau))
         if graph is None:
-            graph = self._graphs[kind, tableau] = self._lookup(kind, tableau)
+            norm = self.error_norm
+            tolerances = (_tolerance_key(norm.rtol), _tolerance_key(norm.atol), norm.norm is None) if uses_norm else ()
+            graph = self._graphs[kind, tableau] = graph_for(self.f.func, (kind, tableau) + tolerances + self.key, build,
+                                                            self.mode, f"one {tableau.name} step of func")
         return graph
 
-    def _lookup(self, kind: str, tableau: Tableau) -> Graph:
-        norm = self.error_norm
-        if kind == "adaptive":
-            key = (kind, tableau, _tolerance_key(norm.rtol), _tolerance_key(norm.atol), norm.norm is None) + self.key
-            build = functools.partial(_adaptive_body, self.field, tableau, norm)
-        else:
-            key = (kind, tableau) + self.key
-            build = functools.partial(_step_body, self.field, tableau)
-        return graph_for(self.f.func, key, build, self.mode, f"one {tableau.name} step of func")
-
-    def _count(self, tableau: Tableau, k1, y1: torch.Tensor) -> None:
+    def count(self, tableau: Tableau, k1, y1: torch.Tensor) -> None:
+        """Add the stages a step's graph evaluated (all but a given ``k1``) to the evaluation count."""
         evaluations = tableau.stages - (k1 is not None)
         self.f.nfe += evaluations
         if self.f.on_graph_output is not None and y1.requires_grad:
             self.f.on_graph_output(y1, evaluations)
 
     def step(self, tableau, t_first, t, h, t1, y, k1=None):
-        y1, ks = self._graph("step", tableau)(self.log, self.f.func, self.times(t_first, t, h, t1), y, k1)
-        self._count(tableau, k1, y1)
+        graph = self.graph(("step",), tableau, functools.partial(_step_body, self.field, tableau), uses_norm=False)
+        y1, ks = graph(self.log, self.f.func, self.times(t_first, t, h, t1), y, k1)
+        self.count(tableau, k1, y1)
         return y1, list(ks)
 
     def adaptive(self, tableau, t_first, t, h, t1, y, k1=None):
-        y1, ks, ratio = self._graph("adaptive", tableau)(self.log, self.f.func, self.times(t_first, t, h, t1), y, k1)
-        self._count(tableau, k1, y1)
+        build = functools.partial(_adaptive_body, self.field, tableau, self.error_norm)
+        graph = self.graph(("adaptive",), tableau, build, uses_norm=True)
+        y1, ks, ratio = graph(self.log, self.f.func, self.times(t_first, t, h, t1), y, k1)
+        self.count(tableau, k1, y1)
         ratio = float(ratio) if self.error_norm.norm is None else self.error_norm.reduce(ratio)
         return y1, list(ks), ratio

@@ -123,6 +123,19 @@ class PIController:
             fac = min(fac, 1.0)
         return fac, max(ratio, 1e-4)
 
+    def factor_on_device(self, ratio: torch.Tensor, memory: torch.Tensor, k: int, accepted: torch.Tensor,
+                         after_reject: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`factor` on 0-d float64 (``ratio``, ``memory``) and bool tensors: the same operations in the
+        same order, selected by ``torch.where`` instead of branches, so that it runs inside a compiled step."""
+        rejected = torch.clamp(self.safety * ratio ** (-1.0 / k), min=self.dfactor)
+        beta = self.beta / k
+        fac = (self.safety * ratio ** (beta * 0.75 - 1.0 / k) * memory ** beta).clamp(self.dfactor, self.ifactor)
+        fac = torch.where(after_reject, fac.clamp(max=1.0), fac)
+        zero = ratio == 0.0
+        fac = torch.where(zero, torch.where(after_reject, 1.0, fac.new_tensor(self.ifactor)), fac)
+        kept = torch.where(zero, memory, torch.clamp(ratio, min=1e-4))
+        return torch.where(accepted, fac, rejected), torch.where(accepted, kept, memory)
+
 
 @dataclass(frozen=True)
 class IController:
@@ -150,6 +163,13 @@ class IController:
             return self.ifactor, memory
         lo = 1.0 if ratio < 1.0 else self.dfactor
         return min(self.ifactor, max(self.safety * ratio ** (-1.0 / k), lo)), memory
+
+    def factor_on_device(self, ratio: torch.Tensor, memory: torch.Tensor, k: int, accepted: torch.Tensor,
+                         after_reject: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`factor` as tensors (see :meth:`PIController.factor_on_device`)."""
+        lo = torch.where(ratio < 1.0, 1.0, ratio.new_tensor(self.dfactor))
+        fac = torch.clamp(torch.maximum(self.safety * ratio ** (-1.0 / k), lo), max=self.ifactor)
+        return torch.where(ratio == 0.0, fac.new_tensor(self.ifactor), fac), memory
 
 
 Controller = Union[PIController, IController]

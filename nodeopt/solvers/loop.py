@@ -111,6 +111,81 @@ def _nonfinite_error(where: str) -> RuntimeError:
                         f"division by zero, or lower the tolerances or step size if the state blows up")
 
 
+def stuck_error(t: float, h_try: float, nonfinite: bool, sign: float) -> RuntimeError:
+    """The step shrank below :func:`_min_step` at ``t`` (after non-finite steps, or for accuracy)."""
+    if nonfinite:
+        return _nonfinite_error(f"for every step tried from t={sign * t:.17g} on (the step shrank to {h_try:.3g})")
+    return RuntimeError(f"step size underflow at t={sign * t:.17g} (step {h_try:.3g}): the solver cannot "
+                        f"meet rtol/atol here; the dynamics may be stiff or blow up. Loosen rtol/atol, "
+                        f"or use a fixed-step method")
+
+
+def too_many_steps_error(max_num_steps: int, t: float, t0: float, t_end: float, sign: float) -> RuntimeError:
+    return RuntimeError(f"max_num_steps={max_num_steps} exceeded at t={sign * t:.6g} of "
+                        f"[{sign * t0:g}, {sign * t_end:g}]; raise options['max_num_steps'] or loosen rtol/atol")
+
+
+def nonfinite_field_error(t: float, sign: float) -> RuntimeError:
+    return _nonfinite_error(f"at t={sign * t:.6g}")
+
+
+def stops_of(tableau: Tableau, times: Sequence[float], step_t: Sequence[float], jump_t: Sequence[float],
+             land: bool) -> list[float]:
+    """The times an adaptive solve must end a step on: ``step_t`` and ``jump_t`` inside the span, and the
+    output times when ``land`` (or the method has no dense output), else the last one only."""
+    t0, t_end = times[0], times[-1]
+    land = land or not tableau.has_dense_output
+    inside = [s for s in set(step_t) | set(jump_t) if t0 < s < t_end]
+    return sorted(set(inside) | ({*times[1:]} if land else {t_end}))
+
+
+def first_evaluation(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float], error_norm: ErrorNorm,
+                     first_step: Optional[float], sign: float) -> tuple[torch.Tensor, float]:
+    """``(k1, h)``: ``f`` at the initial state, checked, and the first step size (given, or Hairer's estimate)."""
+    t0, t_end = times[0], times[-1]
+    k1 = f(t0, y0)
+    if not bool(torch.isfinite(k1).all()):
+        raise _nonfinite_error(f"at the initial state (t={sign * t0:g})")
+    if first_step is not None:
+        return k1, min(first_step, t_end - t0)
+    scale = error_norm.initial_scale(y0)
+    return k1, initial_step(f, t0, y0, k1, tableau.control_order - 1, lambda x: error_norm.reduce(x / scale),
+                            t_end - t0)
+
+
+class Accepted:
+    """What an adaptive loop does with each step it accepts: record it, and hand out the outputs it reaches.
+
+    Outputs strictly inside a step are interpolated with the method's dense output; an output the
+    step ends on is its end state.
+    """
+
+    def __init__(self, tableau: Tableau, times: Sequence[float], y0: torch.Tensor, traj: Optional[Trajectory],
+                 stage_store: Optional[StageStore]):
+        self.tableau, self.times, self.traj, self.stage_store = tableau, times, traj, stage_store
+        self.outputs = [y0]
+        self.n_steps = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.outputs) == len(self.times)
+
+    def step(self, t: float, h: float, y: torch.Tensor, t_first: float, t1_eval: float, t1: float,
+             y1: torch.Tensor, ks: Optional[list[torch.Tensor]]) -> None:
+        """Step ``n_steps`` went from ``(t, y)`` to ``(t1, y1)`` with stages ``ks`` (needed for outputs inside it)."""
+        self.n_steps += 1
+        times, outputs, traj = self.times, self.outputs, self.traj
+        if traj is not None:
+            traj.append(t, h, y, t_first, t1_eval, self.stage_store.keep(ks) if self.stage_store is not None else None)
+        while len(outputs) < len(times) and times[len(outputs)] < t1:
+            theta = (times[len(outputs)] - t) / h
+            outputs.append(lincomb(y, h, self.tableau.dense_weights(theta), ks))
+        if len(outputs) < len(times) and times[len(outputs)] == t1:
+            outputs.append(y1)
+            if traj is not None:
+                traj.outputs.append(self.n_steps)
+
+
 def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float], *,
                        error_norm: ErrorNorm, controller: Controller, first_step: Optional[float],
                        max_num_steps: int, step_t: Sequence[float] = (), jump_t: Sequence[float] = (),
@@ -145,45 +220,28 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
     stepper = stepper or Stepper(f, error_norm)
     t0, t_end = times[0], times[-1]
     traj = _new_trajectory(record)
-    land = land or traj is not None or not tableau.has_dense_output
-    inside = [s for s in set(step_t) | set(jump_t) if t0 < s < t_end]
-    stops = sorted(set(inside) | ({*times[1:]} if land else {t_end}))
+    stops = stops_of(tableau, times, step_t, jump_t, land or traj is not None)
     jumps = set(jump_t)
     k = tableau.control_order
     sign = -1.0 if reverse else 1.0
 
-    outputs = [y0]
-    n_out = 1
+    accepted_steps = Accepted(tableau, times, y0, traj, stage_store)
     t, y = t0, y0
     t_k1 = t
-    k1 = f(t, y)
-    if not bool(torch.isfinite(k1).all()):
-        raise _nonfinite_error(f"at the initial state (t={sign * t0:g})")
-    if first_step is None:
-        scale = error_norm.initial_scale(y0)
-        h = initial_step(f, t, y, k1, tableau.control_order - 1, lambda x: error_norm.reduce(x / scale), t_end - t0)
-    else:
-        h = min(first_step, t_end - t0)
+    k1, h = first_evaluation(f, tableau, y0, times, error_norm, first_step, sign)
     memory = controller.initial_memory()
     after_reject = nonfinite = False
-    n_steps = n_rejected = 0
+    n_rejected = 0
     stop_idx = 0
 
-    while n_out < len(times):
+    while not accepted_steps.done:
         target = stops[stop_idx]
         hits = t + h >= target
         h_try, t1 = (target - t, target) if hits else (h, t + h)
         if h_try < _min_step(t, target):
-            if nonfinite:
-                raise _nonfinite_error(f"for every step tried from t={sign * t:.17g} on (the step shrank to "
-                                       f"{h_try:.3g})")
-            raise RuntimeError(f"step size underflow at t={sign * t:.17g} (step {h_try:.3g}): the solver cannot "
-                               f"meet rtol/atol here; the dynamics may be stiff or blow up. Loosen rtol/atol, "
-                               f"or use a fixed-step method")
-        if n_steps + n_rejected >= max_num_steps:
-            raise RuntimeError(f"max_num_steps={max_num_steps} exceeded at t={sign * t:.6g} of "
-                               f"[{sign * t0:g}, {sign * t_end:g}]; raise options['max_num_steps'] or loosen "
-                               f"rtol/atol")
+            raise stuck_error(t, h_try, nonfinite, sign)
+        if accepted_steps.n_steps + n_rejected >= max_num_steps:
+            raise too_many_steps_error(max_num_steps, t, t0, t_end, sign)
         # A step ending on a discontinuity evaluates its last stages just before it.
         t1_eval = math.nextafter(t1, -math.inf) if hits and target in jumps else t1
         y1, ks, ratio = stepper.adaptive(tableau, t_k1, t, h_try, t1_eval, y, k1)
@@ -191,7 +249,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         nonfinite = not math.isfinite(ratio)
         if nonfinite:
             if not bool(torch.isfinite(k1).all()):
-                raise _nonfinite_error(f"at t={sign * t:.6g}")
+                raise nonfinite_field_error(t, sign)
             n_rejected += 1
             h = h_try * controller.dfactor
             after_reject = True
@@ -204,18 +262,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
             after_reject = True
             continue
 
-        n_steps += 1
-        if traj is not None:
-            traj.append(t, h_try, y, t_k1, t1_eval, stage_store.keep(ks) if stage_store is not None else None)
-        while n_out < len(times) and times[n_out] < t1:
-            theta = (times[n_out] - t) / h_try
-            outputs.append(lincomb(y, h_try, tableau.dense_weights(theta), ks))
-            n_out += 1
-        if n_out < len(times) and times[n_out] == t1:
-            outputs.append(y1)
-            if traj is not None:
-                traj.outputs.append(n_steps)
-            n_out += 1
+        accepted_steps.step(t, h_try, y, t_k1, t1_eval, t1, y1, ks)
         if hits:
             stop_idx += 1
         fresh = hits and target in jumps
@@ -228,7 +275,7 @@ def integrate_adaptive(f: Callable, tableau: Tableau, y0: torch.Tensor, times: S
         # error allows: do not let it shrink the step the controller had planned.
         h = max(h_try * factor, h) if hits else h_try * factor
         after_reject = False
-    return LoopResult(outputs, traj, n_steps, n_rejected)
+    return LoopResult(accepted_steps.outputs, traj, accepted_steps.n_steps, n_rejected)
 
 
 def integrate_fixed(f: Callable, tableau: Tableau, y0: torch.Tensor, times: Sequence[float],

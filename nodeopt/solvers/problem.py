@@ -16,13 +16,14 @@ import torch
 
 from .compiled import CompiledStepper, CompileLog, compile_mode
 from .control import ErrorNorm, IController, PIController
+from .device_loop import integrate_on_device
 from .loop import LoopResult, Trajectory, integrate_adaptive, integrate_fixed, merge_grid
 from .methods import RungeKutta, get_method
 from .state import Dynamics, StateSpec
 from .step import Stepper
 
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "step_t", "jump_t", "dtype", "norm",
-                    "safety", "ifactor", "dfactor", "controller")
+                    "safety", "ifactor", "dfactor", "controller", "sync_every")
 FIXED_OPTIONS = ("step_size", "grid_constructor", "dtype")
 DEFAULT_MAX_NUM_STEPS = 100_000
 
@@ -68,6 +69,12 @@ class Problem:
         y0 = self.y0 if y0 is None else y0
         tab = self.method.tableau
         o = self.options
+        if tab.adaptive and o["sync_every"] > 1:
+            return integrate_on_device(self.stepper, tab, y0, self.times, error_norm=self.error_norm,
+                                       controller=o["controller"], first_step=o["first_step"],
+                                       max_num_steps=o["max_num_steps"], sync_every=o["sync_every"],
+                                       step_t=o["step_t"], land=land, record=record, reverse=self.reverse,
+                                       stage_store=stage_store)
         if tab.adaptive:
             return integrate_adaptive(self.dynamics, tab, y0, self.times, error_norm=self.error_norm,
                                       controller=o["controller"], first_step=o["first_step"],
@@ -189,9 +196,21 @@ def _check_options(options: Optional[dict], method: RungeKutta, spec: StateSpec,
         elif factors:
             raise ValueError(f"give safety/ifactor/dfactor to the controller object, not also as options: {factors}")
         out["controller"] = controller
+        out["sync_every"] = _sync_every(options, out)
     else:
         out["grid"] = _fixed_grid(options, func, y0, t, times, sign)
     return out
+
+
+def _sync_every(options: dict, checked: dict) -> int:
+    """``options['sync_every']``: the most steps a compiled adaptive solve takes between two reads of the
+    device (``device_loop``); 1, the default, reads each step's error ratio on the host."""
+    value = _positive("sync_every", options.get("sync_every", 1), int)
+    if value > 1 and (checked["jump_t"] or checked["norm"] is not None):
+        given = "options['jump_t']" if checked["jump_t"] else "options['norm']"
+        raise ValueError(f"options['sync_every']={value} cannot be used with {given}, which needs the host at "
+                         f"every step; drop sync_every (or set it to 1)")
+    return value
 
 
 def _fixed_grid(options: dict, func, y0, t, times: list[float], sign: float) -> list[float]:
@@ -228,6 +247,9 @@ def make_problem(func: Callable, y0, t, rtol, atol, method: Union[str, RungeKutt
     rtol = _check_tol("rtol", rtol, spec)
     atol = _check_tol("atol", atol, spec)
     opts = _check_options(options, method, spec, func, y0, t, times, reverse)
+    if method.adaptive and opts["sync_every"] > 1 and mode is None:
+        raise ValueError(f"options['sync_every']={opts['sync_every']} applies to compiled solves, whose step "
+                         f"control runs on the device; pass compile=True too, or drop sync_every")
     if method.adaptive and _all_zero(rtol) and _all_zero(atol):
         raise ValueError("rtol and atol are both zero: no step can meet that; set atol (e.g. 1e-9) or rtol")
     dynamics = Dynamics(func, spec, reverse, opts["dtype"])
