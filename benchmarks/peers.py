@@ -25,7 +25,8 @@ every parameter of ``f``. Rows (float32, ``rtol = atol = TOL`` in every library)
   ``BacksolveAdjoint`` (the continuous adjoint);
 * nodeopt ``solve(..., gradient=G)`` (``odeint`` returns its values) for ``G`` = backprop, symplectic,
   ``SymplecticAdjoint(store_stages=True)``, checkpoint (ACA), ``Exact()``, adjoint; and, when
-  ``nodeopt.odeint`` takes ``compile=``, the first five again with ``compile=True``;
+  ``nodeopt.odeint`` takes ``compile=``, the first five again with ``compile=True``, and backprop
+  and ACA compiled with ``options={"sync_every": 8}`` (step control on the device);
 * the symplectic adjoint paper's own library (Matsubara et al., "symplectic-adjoint-method") is
   not on PyPI; it is listed as not measured (its code is not vendored here).
 
@@ -314,8 +315,10 @@ def nodeopt_compiles() -> bool:
     return "compile" in inspect.signature(nodeopt.odeint).parameters
 
 
-def nodeopt_solve(case: Case, gradient: str, compiled: bool) -> Callable:
+def nodeopt_solve(case: Case, gradient: str, compiled: bool, sync_every: int = 1) -> Callable:
     kw = {"compile": True} if compiled else {}
+    if sync_every > 1:
+        kw["options"] = {"sync_every": sync_every}
     with_stats = not compiled or "compile" in inspect.signature(nodeopt.solve).parameters
 
     def solve(func, y0):
@@ -408,10 +411,11 @@ class Row:
     nodeopt_compile: bool = False  # needs nodeopt.odeint(compile=)
 
 
-def _nodeopt_row(gradient: str, label: str, compiled: bool = False) -> Row:
-    return Row(f"nodeopt-{gradient}" + ("-compiled" if compiled else ""),
-               f"nodeopt {label}" + (", compile=True" if compiled else ""), (),
-               lambda case: TorchRunner(case, nodeopt_solve(case, gradient, compiled)),
+def _nodeopt_row(gradient: str, label: str, compiled: bool = False, sync_every: int = 1) -> Row:
+    sync = f", sync_every={sync_every}" if sync_every > 1 else ""
+    return Row(f"nodeopt-{gradient}" + ("-compiled" if compiled else "") + (f"-sync{sync_every}" if sync else ""),
+               f"nodeopt {label}" + (", compile=True" if compiled else "") + sync, (),
+               lambda case: TorchRunner(case, nodeopt_solve(case, gradient, compiled, sync_every)),
                exact=gradient != "adjoint", compiled=compiled, nodeopt_compile=compiled)
 
 
@@ -437,6 +441,9 @@ ROWS = [
     *[_nodeopt_row(g, label, compiled=True) for g, label in
       [("backprop", "backprop"), ("symplectic", "symplectic"), ("symplectic-stored", "symplectic, stored stages"),
        ("checkpoint", "checkpoint (ACA)"), ("exact", "Exact()")]],
+    # step control on the device (options["sync_every"]): the host reads back once per 8 steps
+    _nodeopt_row("backprop", "backprop", compiled=True, sync_every=8),
+    _nodeopt_row("checkpoint", "checkpoint (ACA)", compiled=True, sync_every=8),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
 

@@ -33,7 +33,10 @@ def solve(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Union[str, Run
         options: torchdiffeq's solver options (adaptive: ``first_step``,
             ``max_num_steps``, ``step_t``, ``jump_t``, ``dtype``, ``norm``, ``safety``,
             ``ifactor``, ``dfactor``, ``controller``; fixed: ``step_size``,
-            ``grid_constructor``, ``dtype``). Unknown keys raise.
+            ``grid_constructor``, ``dtype``). Unknown keys raise. With ``compile=``, an
+            adaptive solve also takes ``sync_every=K``: accept/reject and the next step
+            size are decided inside the compiled step, and the host reads the device once
+            every K steps at most (same steps and results; see ``nodeopt.solvers.device_loop``).
         gradient: how the backward pass is computed: a name or a
             :class:`~nodeopt.gradients.GradientMethod`.
         adjoint_params: the parameters gradients must reach (default: those of
