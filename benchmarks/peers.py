@@ -8,7 +8,10 @@ Run from the repository root::
 Options: ``--workloads mlp2,mlp2-long,mlp43,conv`` (default: all four), ``--rounds N``
 (timing rounds; default per workload), ``--out PATH`` (JSON; default
 ``benchmarks/out/peers.json``, ``benchmarks/out/peers-quick.json`` with ``--quick``),
-``--no-memory`` (skip the memory subprocesses; ``--quick`` skips those of the compiled rows). The peers install with
+``--no-memory`` (skip the memory subprocesses; ``--quick`` skips those of the compiled rows),
+``--decompose-tanh`` (Inductor's exp-based tanh kernel, PyTorch's own switch, off by default: what
+the tanh kernel costs the compiled rows). After the timing rounds, one evaluation and one VJP of the
+field are timed alone in each library (:func:`field_costs`). The peers install with
 ``pip install -e '.[bench]' torch==2.13.0``; a peer that is missing is reported as "not installed".
 
 One iteration is: solve ``dy/dt = f(t, y)`` with dopri5 from ``y0`` over ``[0, T]``, the loss
@@ -397,6 +400,44 @@ class JaxRunner:
         return np.asarray(y_end, np.float64), grad, {"steps": int(accepted), "rejected": int(rejected), "nfe": None}
 
 
+def field_costs(case: Case, repeats: int = 7) -> dict:
+    """Microseconds of one evaluation of the workload's field and of one VJP through it (w.r.t. the state and
+    the parameters), eager PyTorch, ``torch.compile`` (Inductor) and ``jax.jit``, each the median of
+    ``repeats`` interleaved rounds of many calls: the per-evaluation cost that every solve multiplies."""
+    import jax
+
+    field, y, v = case.field, case.y0, case.v
+    t = torch.tensor(0.5)
+    params = dict(field.named_parameters())
+
+    def vjp(t, y, v):
+        _, pullback = torch.func.vjp(lambda y, p: torch.func.functional_call(field, p, (t, y)), y, params)
+        return pullback(v)
+
+    f = jax_field(case.wl)
+    jf = jax.jit(f)
+    jvjp = jax.jit(lambda w, t, y, v: jax.vjp(lambda y, w: f(w, t, y), y, w)[1](v))
+    w = [jax.numpy.asarray(q.detach().numpy()) for q in field.parameters()]
+    yj, vj = jax.numpy.asarray(y.numpy()), jax.numpy.asarray(v.numpy())
+    compiled_field, compiled_vjp = torch.compile(field), torch.compile(vjp)
+
+    def evaluate(fn):
+        with torch.no_grad():
+            return fn(t, y)
+
+    calls = max(1, int(0.05 / max(timed(lambda: evaluate(field)), 1e-6)))  # about 50 ms of calls per sample
+
+    def many(fn):
+        return lambda: [fn() for _ in range(calls)]
+
+    fns = {"torch eager f": many(lambda: evaluate(field)), "torch.compile f": many(lambda: evaluate(compiled_field)),
+           "jax.jit f": many(lambda: jf(w, 0.5, yj).block_until_ready()),
+           "torch eager vjp": many(lambda: vjp(t, y, v)), "torch.compile vjp": many(lambda: compiled_vjp(t, y, v)),
+           "jax.jit vjp": many(lambda: jax.block_until_ready(jvjp(w, 0.5, yj, vj)))}
+    samples = interleaved(fns, repeats, warmup=1, order="rotate")
+    return {name: median(ts) / calls * 1e6 for name, ts in samples.items()}
+
+
 # ---- the rows -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -582,12 +623,16 @@ def run_workload(name: str, quick: bool, rounds: Optional[int], memory: bool, lo
             runners[row.key] = runner
     agreement(res)
     walls = time_rows(runners, res, rounds, log)
+    costs = field_costs(case) if unavailable(ROW_BY_KEY["diffrax-recursive"]) is None else {}
+    if costs:
+        log("one evaluation / VJP of the field (us): " + ", ".join(f"{k} {v:.0f}" for k, v in costs.items()))
     for runner in runners.values():
         runner.release()
     if memory:  # --quick leaves out the compiled rows (each would compile again)
         memory_rows(name, [k for k in runners if not (quick and res[k]["compiled"])], res, quick, log)
     out = {"workload": wl.__dict__, "tol": TOL, "rounds": rounds, "state_shape": list(case.y0.shape),
            "n_params": sum(p.numel() for p in case.field.parameters()), "rows": res, "walls": walls,
+           "field_us": costs,
            "not_measured": SAM_NOTE, "elapsed_s": time.perf_counter() - started}
     log("")
     log(table(out))
@@ -696,6 +741,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default: per workload)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/out/peers.json)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--decompose-tanh", action="store_true",
+                        help="Inductor's exp-based tanh on the CPU (torch._inductor.config.cpp.use_decompose_tanh, "
+                             "off by default in PyTorch for its accuracy near 0): what the tanh kernel costs")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -705,9 +753,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     fresh_inductor_cache()
+    if args.decompose_tanh:  # here and in the memory subprocesses, which read it from the environment
+        from torch._inductor import config as inductor_config
+        os.environ["TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH"] = "1"
+        inductor_config.cpp.use_decompose_tanh = True
     out_path = Path(args.out or f"benchmarks/out/peers{'-quick' if args.quick else ''}.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**environment("peers", argv), "peers": peer_versions(), "xla_flags": os.environ["XLA_FLAGS"],
+           "decompose_tanh": args.decompose_tanh,
            "symplectic_adjoint_method": SAM_NOTE}
     print(f"# Peers ({describe(env)})\n# {env['peers']}; XLA_FLAGS={env['xla_flags']!r}\n# {SAM_NOTE}", flush=True)
     t0 = time.perf_counter()
