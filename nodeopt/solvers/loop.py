@@ -5,6 +5,10 @@ keeps time in Python floats (float64), and hands back the values at the
 requested times. When asked it records every accepted step ``(t_n, h_n, y_n)``:
 that trajectory is what the exact gradient methods replay.
 
+Here the host decides each adaptive step (it reads the step's error ratio); a compiled solve
+with ``options['sync_every']`` decides on the device instead (``device_loop.py``), sharing this
+module's bookkeeping of accepted steps (:class:`Accepted`), its start and its errors.
+
 Output times are reached in one of two ways. Methods with a dense output of
 their own order (dopri5, bosh3) interpolate inside a step; every other method,
 and every solve with ``land=True``, shortens the step that would cross an
