@@ -194,3 +194,15 @@ def test_listening_solves_eagerly_and_the_seminorm_adjoint_decides_on_the_host()
 def test_bad_sync_every_is_refused_with_the_fix(options, compile, message):
     with pytest.raises(ValueError, match=message):
         solve(FIELD, _y0(), torch.tensor([0.0, 1.0], dtype=torch.float64), compile=compile, options=options)
+
+
+def test_time_gradients_agree():
+    def grads(sync_every):
+        t = torch.tensor([0.0, 0.5, 1.2], dtype=torch.float64, requires_grad=True)
+        y0 = _y0(5).requires_grad_(True)
+        sol = solve(FIELD, y0, t, rtol=1e-7, atol=1e-7, gradient="symplectic", compile=True,
+                    options={"sync_every": sync_every})
+        return torch.autograd.grad(sol.values.sum(), (t, y0))
+
+    (t_host, y_host), (t_device, y_device) = grads(1), grads(4)
+    assert torch.equal(t_device, t_host) and torch.equal(y_device, y_host)
