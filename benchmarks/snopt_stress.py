@@ -1,11 +1,12 @@
-"""SNOpt on models it was not tuned on: families of small neural ODEs (images, time series, density) against SGD and a best-tuned Adam.
+"""SNOpt on models it was not tuned on: three families of small neural ODEs, against SGD and a best-tuned Adam.
 
 Run from the repository root::
 
-    python -m benchmarks.snopt_stress --workers 2        # the three families, seeds 0-4 (ESTIMATE, 2 processes)
+    python -m benchmarks.snopt_stress --workers 2        # the three families, seeds 0-4 (about 95 minutes, 2 processes)
     python -m benchmarks.snopt_stress --tasks image --seeds 0,1,2
     python -m benchmarks.snopt_stress --optimisers snopt,snopt-unguarded,sgd,adam
     python -m benchmarks.snopt_stress --quick            # a smoke run (each family's base, one seed, a few iterations)
+    python -m benchmarks.snopt_stress --report           # train nothing: the tables of the runs recorded so far
 
 A family is a base setting of one task and variations of it that each change one setting (a
 full grid would be thousands of runs). Every member trains with
@@ -41,10 +42,22 @@ Families (dopri5 with ``max_num_steps=300`` everywhere):
   adjoint. Variations: softplus / tanh, W = 32 / 64, P = False, per-pixel standardisation,
   lr 0.01 / 0.05 / 0.1, F = 20, the adjoint.
 * ``timeseries``: japanese-vowels and the library's ODE-RNN as ``benchmarks.optimizers`` builds
-  them (hidden 32, field MLP 33 → W → 32 with tanh, rtol = atol = 1e-3); batch 64, ITERATIONS.
+  them (hidden 32, field MLP 33 → W → 32 with tanh, rtol = atol = 1e-3, SNOpt's
+  ``snopt_step_size=1``); batch 64, 60 iterations, test accuracy every 2, target 90 %. Base:
+  W = 64, P = True, lr 0.02 (the optimizer benchmark's best SNOpt lr), F = 100, the symplectic
+  adjoint. Variations: W = 32, lr 0.01 / 0.1, F = 20, P = False, the adjoint (the ODE-RNN's
+  field has no activation argument: ``nodeopt.nn.MLPField`` is tanh only).
 * ``density``: two moons and the library's FFJORD CNF as ``benchmarks.optimizers`` builds them
-  (hidden (W, W), exact divergence, rtol = atol = 1e-4, target 2.90 nats test NLL, lower is
-  better); batch 256, ITERATIONS.
+  (hidden (W, W), exact divergence, rtol = atol = 1e-4); batch 256, 100 iterations, test NLL
+  every 2, target 2.90 nats (lower is better: reached when NLL <= 2.90). Base: tanh, W = 64,
+  P = True, lr 0.1, F = 100, the symplectic adjoint. Variations: softplus, lr 0.03, F = 20,
+  P = False, the adjoint.
+
+Adam's grids, chosen on each base at seed 10 (not reported), bracket the best: image 1e-3 (did
+not reach 80 % in 200 iterations), **3e-3** (180), 1e-2 (not reached), 3e-2 (200, twice the
+NFE), of which the sweep runs 3e-3 and 1e-2 (the cost below); time series 1e-3 (56), 3e-3 (40),
+1e-2 (30), **3e-2** (16), 1e-1 (diverged); density 3e-3 (not reached in 143), 1e-2 (84),
+**3e-2** (42), 1e-1 (66).
 
 Reported per member: the seeds on which SNOpt and SGD diverged, iterations to the target per
 seed and on the median seed for SNOpt and the best-tuned Adam, their ratio, and the backward
@@ -57,7 +70,13 @@ exit code is 0 only when every goal is met. Results are written after every run
 (``benchmarks/out/snopt_stress.json``), so an interrupted sweep resumes where it stopped; the
 summary goes to ``snopt_stress.summary.json`` and the Markdown table to stdout.
 
-Cost: COST.
+Cost, measured on the bases at seed 10 with two workers on this 2-core machine (runs slow down
+by up to 2x when other jobs share it): image width 16: SNOpt 33 s, SGD 22 s, Adam 45-75 s
+(200 iterations unless it reaches the target); widths 32 and 64 cost 2.3x and 6.7x per
+iteration. Time series: 20-40 s per 60-iteration SNOpt or SGD run, 5-10 s per Adam run. Density:
+14 s, 11 s, 12-20 s. The 380 runs took 94 minutes (2 workers, the cores shared with other jobs):
+75 for everything but the image family's Adam runs at widths 32 and 64, which the queue
+(:func:`queue_position`) runs last, and 20 for those (wide Adam reaches 80 % early).
 """
 
 from __future__ import annotations
@@ -84,7 +103,7 @@ from nodeopt.optim import SNOpt
 from nodeopt.tasks import Budget, RunDir, Task, Trainer, make_optimizers, make_task
 
 from . import optimizers as bench_optimizers
-from .common import environment, median
+from .common import environment, jsonable, median
 
 EPS, MOMENTUM, DIVERGE_FACTOR, NFE_GOAL = 0.05, 0.9, 10.0, 1.2
 SOLVER = dict(method="dopri5", options={"max_num_steps": 300})
@@ -127,21 +146,21 @@ FAMILIES = {
                   gradient="symplectic"),
         variations=dict(activation=("softplus", "tanh"), width=(32, 64), full_precond=(False,),
                         standardise=("pixel",), lr=(0.01, 0.05, 0.1), update_freq=(20,), gradient=("adjoint",)),
-        target=0.80, higher_is_better=True, iterations=100, eval_every=5, batch=64, adam_lrs=(3e-3, 1e-2, 3e-2),
+        target=0.80, higher_is_better=True, iterations=100, eval_every=5, batch=64, adam_lrs=(3e-3, 1e-2),
         goal_ratio=0.5),
     "timeseries": Family(
         base=dict(width=_TIMESERIES["model"]["field_width"], full_precond=True, lr=0.02, update_freq=100,
                   gradient="symplectic"),
         variations=dict(width=(32,), lr=(0.01, 0.1), update_freq=(20,), full_precond=(False,), gradient=("adjoint",)),
-        target=_TIMESERIES["target"], higher_is_better=True, iterations=100, eval_every=2, batch=_TIMESERIES["batch"],
-        adam_lrs=(1e-3, 3e-3, 1e-2), goal_ratio=0.7),
+        target=_TIMESERIES["target"], higher_is_better=True, iterations=60, eval_every=2, batch=_TIMESERIES["batch"],
+        adam_lrs=(1e-2, 3e-2, 1e-1), goal_ratio=0.7),
     "density": Family(
         base=dict(activation=_DENSITY["model"]["activation"], width=_DENSITY["model"]["hidden"][0], full_precond=True,
                   lr=0.1, update_freq=100, gradient="symplectic"),
-        variations=dict(activation=("softplus",), width=(32,), lr=(0.03,), update_freq=(20,), full_precond=(False,),
+        variations=dict(activation=("softplus",), lr=(0.03,), update_freq=(20,), full_precond=(False,),
                         gradient=("adjoint",)),
         target=_DENSITY["target"], higher_is_better=False, iterations=100, eval_every=2, batch=_DENSITY["batch"],
-        adam_lrs=(3e-3, 1e-2, 3e-2), goal_ratio=0.7),
+        adam_lrs=(1e-2, 3e-2, 1e-1), goal_ratio=0.7),
 }
 QUICK = dict(iterations=6, eval_every=3, seeds=[0], members=1, adam_lrs=1)
 
@@ -196,9 +215,9 @@ def train(cfg: dict) -> dict:
     """One run, in a worker process: the loss and backward NFE of every iteration, the metric after every chunk.
 
     Trains in chunks of the family's ``eval_every`` iterations (one ``Trainer.fit`` each; the
-    Trainer evaluates the test metric at the end of a fit). Adam stops at the target; SNOpt and
-    SGD, once there, train the rest of their budget in one chunk (divergence is still checked
-    every iteration).
+    Trainer evaluates the test metric at the end of a fit). Adam stops at the target; SNOpt, once
+    there, trains the rest of its budget in one chunk (divergence is still checked every
+    iteration). SGD only tells whether a setting diverges anyway, so it trains in one chunk.
     """
     torch.set_num_threads(1)
     family = FAMILIES[cfg["family"]]
@@ -230,13 +249,14 @@ def train(cfg: dict) -> dict:
                           on_iteration=on_iteration, diverge_factor=DIVERGE_FACTOR)
         try:
             while stopped == "budget" and trainer.progress.iteration < cfg["iterations"]:
-                chunk_end = cfg["iterations"] if reached else trainer.progress.iteration + cfg["eval_every"]
+                chunk_end = cfg["iterations"] if reached or cfg["opt"] == "sgd" else \
+                    trainer.progress.iteration + cfg["eval_every"]
                 stopped = trainer.fit(Budget(min(chunk_end, cfg["iterations"]))).stopped
                 reached = reached or any(family.reached(metric) for _, metric in rec["evals"])
                 if reached and cfg["opt"] == "adam":
                     break
         except RuntimeError as exc:  # the solver gave up (non-finite field, too many steps), training or evaluating
-            stopped = f"iteration {len(rec['loss'])}: solver error: {str(exc).splitlines()[0][:160]}"
+            stopped = f"after iteration {len(rec['loss'])}: solver error: {str(exc).splitlines()[0][:160]}"
     if stopped.startswith("SIG"):  # the Trainer stopped on SIGINT/SIGTERM: stop the sweep too
         raise KeyboardInterrupt(f"training stopped by {stopped}")
     if stopped == "diverged":
@@ -272,7 +292,7 @@ def run_settings(member: dict, opt: str) -> dict:
 
 
 def configs(families: list[str], optimisers: list[str], seeds: list[int], quick: bool) -> list[dict]:
-    """Every run of the sweep once, in priority order (family by family, the base first), each with its ``key``."""
+    """Every run of the sweep, a shared run once, in queue order (:func:`queue_position`), each with its ``key``."""
     out = {}
     for name in families:
         family = FAMILIES[name]
@@ -289,7 +309,21 @@ def configs(families: list[str], optimisers: list[str], seeds: list[int], quick:
                         out.setdefault(key, dict(settings, family=name, opt=opt, seed=seed, iterations=iterations,
                                                  eval_every=QUICK["eval_every"] if quick else family.eval_every,
                                                  key=key))
-    return list(out.values())
+    return sorted(out.values(), key=queue_position)
+
+
+def queue_position(cfg: dict) -> tuple:
+    """Where a run waits in the queue: what the goals need most per minute first.
+
+    The image family's SNOpt and SGD runs and its Adam runs at the base width, then the time
+    series, then density; last the image family's Adam runs at the wider fields (a width-64
+    iteration costs about 7x a width-16 one, 2.3x at width 32, and Adam may need
+    ``adam_iterations`` = 200 of them: about 45 of the sweep's minutes), so that a sweep cut
+    short loses the fewest goals. Within a tier, family and member order.
+    """
+    base_width = FAMILIES["image"].base["width"]
+    wide_image_adam = cfg["family"] == "image" and cfg["opt"] == "adam" and cfg["width"] > base_width
+    return wide_image_adam, list(FAMILIES).index(cfg["family"])
 
 
 def find_runs(runs: dict, member: dict, family: str, opt: str, lr: float) -> list[dict]:
@@ -305,35 +339,53 @@ def median_iterations(hits: list) -> float:
     return statistics.median(math.inf if h is None else h for h in hits) if hits else math.inf
 
 
+def nfe_to_target(run: dict) -> float:
+    """The median backward NFE per iteration of a run up to the iteration that reached the target (all of it if none).
+
+    Adam's runs stop at the target and SNOpt's go on, while a field usually stiffens as it trains:
+    over the same stretch of training the two are compared like for like.
+    """
+    return median(run["nfe_backward"][:run["to_target"]])
+
+
 def optimiser_summary(rs: list[dict]) -> dict:
     """Diverged seeds, iterations to the target per seed and on the median seed, backward NFE per iteration."""
     hits = [r["to_target"] for r in rs]
     return dict(seeds=[r["seed"] for r in rs], diverged=[r["seed"] for r in rs if r["diverged"]],
                 reasons={r["seed"]: r["reason"] for r in rs if r["diverged"]}, iters_to_target=hits,
-                median_iters=median_iterations(hits), nfe_backward=median(median(r["nfe_backward"]) for r in rs),
+                median_iters=median_iterations(hits), nfe_backward=median(nfe_to_target(r) for r in rs),
                 guard_acted=[r["guard_acted"] for r in rs] if rs and rs[0]["opt"].startswith("snopt") else None)
 
 
 def summarise(runs: dict, families: list[str], optimisers: list[str], seeds: list[int], quick: bool) -> dict:
-    """Per family and member: each optimiser's summary, the best-tuned Adam, and the three goals."""
-    out = dict(families={}, goals=dict(diverged_where_sgd_did_not=[], speed_not_met=[], nfe_not_met=[]))
+    """Per family and member: each optimiser's summary, the best-tuned Adam, and the three goals.
+
+    A member some of whose optimisers have no finished run yet (an interrupted sweep) is listed
+    under ``not_run``: its goals are unverified, so they do not count as met.
+    """
+    out = dict(families={}, goals=dict(diverged_where_sgd_did_not=[], speed_not_met=[], nfe_not_met=[], not_run=[]))
     goals = out["goals"]
     for name in families:
         family = FAMILIES[name]
         adam_lrs = family.adam_lrs[:QUICK["adam_lrs"]] if quick else family.adam_lrs
         table = {}
         for member in members(name, quick):
-            row = {opt: optimiser_summary([r for r in find_runs(runs, member, name, opt, member["lr"])
-                                           if r["seed"] in seeds])
-                   for opt in optimisers if opt != "adam"}
+            def summary(opt: str, lr: float) -> dict:
+                return optimiser_summary([r for r in find_runs(runs, member, name, opt, lr) if r["seed"] in seeds])
+
+            row = {opt: summary(opt, member["lr"]) for opt in optimisers if opt != "adam"}
             if "adam" in optimisers:
-                grid = {lr: optimiser_summary([r for r in find_runs(runs, member, name, "adam", lr) if r["seed"] in seeds])
-                        for lr in adam_lrs}
+                grid = {lr: summary("adam", lr) for lr in adam_lrs}
                 best = min(grid, key=lambda lr: (-sum(h is not None for h in grid[lr]["iters_to_target"]),
                                                  grid[lr]["median_iters"]))
                 row["adam"] = dict(grid[best], lr=best, grid={str(lr): g for lr, g in grid.items()})
-            table[member["name"]] = row = dict(row, **member_goals(row, family, quick))
+                row["adam"]["seeds"] = sorted(set.intersection(*(set(g["seeds"]) for g in grid.values())))
             where = f"{name} {member['name']}"
+            if any(len(row[opt]["seeds"]) < len(seeds) for opt in row):
+                goals["not_run"].append(where)
+                table[member["name"]] = dict(row, not_run=True)
+                continue
+            table[member["name"]] = row = dict(row, **member_goals(row, family, quick))
             if "snopt" in row and "sgd" in row:
                 goals["diverged_where_sgd_did_not"] += [f"{where} seed {s}" for s in row["snopt"]["diverged"]
                                                         if s not in row["sgd"]["diverged"]]
@@ -383,6 +435,9 @@ def markdown(summary: dict) -> str:
                     "bwd NFE/iter SNOpt / Adam (ratio) |",
                   "|---|---|---|" + ("---|" if unguarded else "") + "---|---|---|---|"]
         for member, row in fam["table"].items():
+            if row.get("not_run"):
+                lines.append(f"| {member} | not run (the sweep stopped before its runs) |" + " |" * (5 + unguarded))
+                continue
             cells = [member] + [_diverged(row.get(opt)) for opt in ("snopt", "sgd")]
             cells += [_diverged(row.get("snopt-unguarded"))] if unguarded else []
             cells.append(_iters(row.get("snopt")))
@@ -402,6 +457,8 @@ def markdown(summary: dict) -> str:
     lines += [f"- SNOpt diverged where SGD did not: {', '.join(goals['diverged_where_sgd_did_not']) or 'none'}",
               f"- speed goal not met: {'; '.join(goals['speed_not_met']) or 'none'}",
               f"- backward NFE goal not met: {'; '.join(goals['nfe_not_met']) or 'none'}"]
+    if goals["not_run"]:
+        lines.append(f"- not run (goals unverified): {', '.join(goals['not_run'])}")
     return "\n".join(lines)
 
 
@@ -428,6 +485,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/out/snopt_stress.json)")
+    parser.add_argument("--report", action="store_true", help="train nothing: summarise the runs already in --out")
     args = parser.parse_args(argv)
     families = [t.strip() for t in args.tasks.split(",") if t.strip()]
     optimisers = [o.strip() for o in args.optimisers.split(",") if o.strip()]
@@ -440,8 +498,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out.read_text()).get("runs", {}) if out.exists() else {}  # an interrupted sweep resumes
     wanted = configs(families, optimisers, seeds, args.quick)
-    todo = [c for c in wanted if c["key"] not in runs]
-    print(f"{len(wanted)} runs, {len(wanted) - len(todo)} already in {out}", flush=True)
+    todo = [] if args.report else [c for c in wanted if c["key"] not in runs]
+    print(f"{len(wanted)} runs, {sum(c['key'] in runs for c in wanted)} of them already in {out}", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
         for future in as_completed([pool.submit(train, c) for c in todo]):
             rec = future.result()
@@ -451,10 +509,10 @@ def main(argv=None) -> int:
             os.replace(tmp, out)
             print(f"  {rec['key']:80s} {'DIVERGED ' + str(rec['reason']) if rec['diverged'] else 'ok'}; "
                   f"target at {rec['to_target']}; guard acted {rec['guard_acted']}x", flush=True)
-    summary = summarise({k: r for k, r in runs.items() if k in {c['key'] for c in wanted}}, families, optimisers,
-                        seeds, args.quick)
-    out.with_suffix(".summary.json").write_text(json.dumps(dict(meta=environment("snopt_stress", argv), **summary),
-                                                           indent=1))
+    wanted_keys = {c["key"] for c in wanted}
+    summary = summarise({k: r for k, r in runs.items() if k in wanted_keys}, families, optimisers, seeds, args.quick)
+    out.with_suffix(".summary.json").write_text(
+        json.dumps(jsonable(dict(meta=environment("snopt_stress", argv), **summary)), indent=1))
     print(markdown(summary))
     return 0 if summary["all_goals_met"] else 1
 
