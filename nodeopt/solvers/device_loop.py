@@ -13,12 +13,14 @@ the trajectory the gradient methods replay, the outputs, the step counts and the
 
 The steps taken are the eager loop's: the same error ratios and the controller's own
 arithmetic in float64 (``factor_on_device``). What it costs: attempts queued past the end
-are wasted (the host sizes each batch by the steps it expects to remain at the current
-step size, so only a growing step wastes one or two); a method without first-same-as-last
-re-evaluates its first stage after a rejection; under backprop a rejected attempt stays in
-the autograd graph (with zero gradient) instead of being dropped, and outputs inside a step
-(dense output without ``land``) keep each queued attempt's stages until the read-back.
-``jump_t`` and a user's ``norm`` need the host at each step; those solves use the eager loop.
+are wasted (batches grow 1, 2, 4, ... and never exceed the steps expected to remain at the
+planned step size, so only a growing step wastes one or two); a method without
+first-same-as-last re-evaluates its first stage on the first step and after a rejection;
+under backprop a rejected attempt stays in the autograd graph (with zero gradient) instead of
+being dropped, and outputs inside a step (dense output without ``land``) keep each queued
+attempt's stages until the read-back. ``jump_t`` and a user's ``norm`` need the host at each
+step: ``make_problem`` refuses them with ``sync_every`` (the continuous adjoint's seminorm
+backward solve drops ``sync_every`` instead).
 """
 
 from __future__ import annotations
