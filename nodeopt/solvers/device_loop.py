@@ -120,7 +120,8 @@ def integrate_on_device(stepper: CompiledStepper, tableau: Tableau, y0: torch.Te
     sign = -1.0 if reverse else 1.0
     traj = _new_trajectory(record)
     stops = stops_of(tableau, times, step_t, (), land or traj is not None)
-    keep_stages = stage_store is not None or len(stops) < len(times) - 1
+    # An output time that is no stop is interpolated inside a step, from the step's stages.
+    keep_stages = stage_store is not None or not set(times[1:]) <= set(stops)
     k1, h = first_evaluation(stepper.f, tableau, y0, times, error_norm, first_step, sign)
     accepted = Accepted(tableau, times, y0, traj, stage_store)
     device = y0.device

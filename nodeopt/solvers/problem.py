@@ -69,18 +69,14 @@ class Problem:
         y0 = self.y0 if y0 is None else y0
         tab = self.method.tableau
         o = self.options
-        if tab.adaptive and o["sync_every"] > 1:
-            return integrate_on_device(self.stepper, tab, y0, self.times, error_norm=self.error_norm,
-                                       controller=o["controller"], first_step=o["first_step"],
-                                       max_num_steps=o["max_num_steps"], sync_every=o["sync_every"],
-                                       step_t=o["step_t"], land=land, record=record, reverse=self.reverse,
-                                       stage_store=stage_store)
         if tab.adaptive:
-            return integrate_adaptive(self.dynamics, tab, y0, self.times, error_norm=self.error_norm,
-                                      controller=o["controller"], first_step=o["first_step"],
-                                      max_num_steps=o["max_num_steps"], step_t=o["step_t"], jump_t=o["jump_t"],
-                                      land=land, record=record, reverse=self.reverse, stage_store=stage_store,
-                                      stepper=self.stepper)
+            common = dict(error_norm=self.error_norm, controller=o["controller"], first_step=o["first_step"],
+                          max_num_steps=o["max_num_steps"], step_t=o["step_t"], land=land, record=record,
+                          reverse=self.reverse, stage_store=stage_store)
+            if o["sync_every"] > 1:
+                return integrate_on_device(self.stepper, tab, y0, self.times, sync_every=o["sync_every"], **common)
+            return integrate_adaptive(self.dynamics, tab, y0, self.times, jump_t=o["jump_t"], stepper=self.stepper,
+                                      **common)
         return integrate_fixed(self.dynamics, tab, y0, self.times, o["grid"], record=record, reverse=self.reverse,
                                stage_store=stage_store, stepper=self.stepper)
 
