@@ -6,6 +6,7 @@ and gradients agree to the bit, and it must read the device at most once per bat
 Compiled with the ``aot_eager`` backend (the same TorchDynamo graphs, run by ATen).
 """
 
+import contextlib
 import math
 from unittest import mock
 
@@ -91,18 +92,17 @@ def test_a_tuple_state():
     assert all(torch.equal(a, b) for a, b in zip(device.values, host.values))
 
 
+@contextlib.contextmanager
 def _host_reads():
     """Counts the ways a tensor's value reaches Python (a device-to-host synchronisation on a GPU)."""
     calls = {"n": 0}
-    patches = []
-    for name in ("tolist", "item", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, **kwargs):
-            calls["n"] += 1
-            return _original(self, *args, **kwargs)
-        patches.append(mock.patch.object(torch.Tensor, name, counted))
-    return calls, patches
+    with contextlib.ExitStack() as stack:
+        for name in ("tolist", "item", "__bool__", "__float__", "__int__"):
+            def counted(self, *args, _original=getattr(torch.Tensor, name), **kwargs):
+                calls["n"] += 1
+                return _original(self, *args, **kwargs)
+            stack.enter_context(mock.patch.object(torch.Tensor, name, counted))
+        yield calls
 
 
 @pytest.mark.parametrize("sync_every", [1, 8])
@@ -110,14 +110,8 @@ def test_the_host_reads_the_device_once_per_batch_of_attempts(sync_every):
     t = torch.tensor([0.0, 6.0], dtype=torch.float64)
     with torch.no_grad():
         warm = solve(FIELD, _y0(2), t, rtol=1e-9, atol=1e-9, compile=True, options={"sync_every": sync_every})
-        calls, patches = _host_reads()
-        for p in patches:
-            p.start()
-        try:
+        with _host_reads() as calls:
             sol = solve(FIELD, _y0(2), t, rtol=1e-9, atol=1e-9, compile=True, options={"sync_every": sync_every})
-        finally:
-            for p in patches:
-                p.stop()
     attempts = sol.stats.n_steps + sol.stats.n_rejected
     assert attempts == warm.stats.n_steps + warm.stats.n_rejected > 40
     setup = 10  # checking y0, t and func's first output, and the starting step's norms
@@ -128,8 +122,8 @@ def test_the_host_reads_the_device_once_per_batch_of_attempts(sync_every):
         assert calls["n"] <= setup + batches + 1
 
 
-def _message(func, sync_every, y0=1.0, **kwargs):
-    y0, t = torch.full((2,), y0, dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64)
+def _message(func, sync_every, **kwargs):
+    y0, t = torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64)
     options = dict(kwargs.pop("options", {}), sync_every=sync_every)
     with pytest.raises(RuntimeError) as info:
         solve(func, y0, t, compile=True, options=options, **kwargs)
